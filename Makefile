@@ -1,0 +1,33 @@
+# inferd — the two commands of the README are `make run` and `make test`.
+# Both run `make setup` first (idempotent; fast once done).
+
+INFERD_CACHE ?= $(HOME)/.cache/inferd
+export INFERD_CACHE
+CARGO ?= cargo
+MODEL ?= weights/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
+PROMPT ?= What is the capital of France?
+
+.PHONY: setup build run test bench fixtures clean-fixtures
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --workspace
+
+# Until the HTTP server lands, `make run` chats once with the default model.
+run: build
+	./target/release/inferd generate --model $(MODEL) --chat "$(PROMPT)" --max-tokens 64
+
+test: setup
+	$(CARGO) test --release --workspace --no-fail-fast -- --nocapture --test-threads=1
+
+bench: setup
+	$(CARGO) bench --bench decode
+	$(INFERD_CACHE)/venv/bin/python benches/transformers_decode.py
+
+fixtures:
+	@$(INFERD_CACHE)/venv/bin/python weights/make_fixtures.py --out weights/fixtures
+
+clean-fixtures:
+	rm -rf weights/fixtures

@@ -1,0 +1,22 @@
+//! inferd-actors: the actor system (supervisor, router, batcher, worker) and
+//! the plain state it drives (scheduler, block manager). It does not depend on
+//! libtorch: the model side is reached through an `Executor` trait.
+//!
+//! State modules (plain data, unit-tested, no actors):
+//! - [`ids`]: `SeqId`, `BlockId`, `BlockHash` newtypes.
+//! - [`sequence`]: one request's tokens, KV progress, priority.
+//! - [`block_manager`]: the paged KV pool, refcounts, prefix cache (LRU).
+//! - [`scheduler`]: continuous batching with chunked prefill and preemption.
+//! - [`errors`]: `NoBlocks`, `ConfigError`, `AddError`.
+
+pub mod block_manager;
+pub mod errors;
+pub mod ids;
+pub mod scheduler;
+pub mod sequence;
+
+pub use block_manager::{BlockManager, SeqBlocks};
+pub use errors::{AddError, ConfigError, NoBlocks};
+pub use ids::{BlockHash, BlockId, SeqId};
+pub use scheduler::{FinishedSeq, ScheduledBatch, ScheduledSeq, Scheduler, SchedulerConfig};
+pub use sequence::{FinishReason, Priority, SeqStatus, Sequence};

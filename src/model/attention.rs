@@ -1,0 +1,78 @@
+//! Paged attention: write this step's K/V into the layer's pools by slot, then
+//! attend each group of the step (see [`StepTensors`]) with
+//! `scaled_dot_product_attention`, gathering K/V from the pools by block table.
+
+use tch::{TchError, Tensor};
+
+use super::batch::{AttnGroup, StepTensors};
+
+/// Shapes of one attention layer.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+/// q: [T, H, D]; k, v: [T, KVH, D]; pools: [blocks, block_size, KVH, D].
+/// Returns [T, H * D].
+pub fn paged_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    k_pool: &mut Tensor,
+    v_pool: &mut Tensor,
+    step: &StepTensors,
+    shape: AttnShape,
+) -> Result<Tensor, TchError> {
+    let AttnShape { num_heads: h, num_kv_heads: kvh, head_dim: d } = shape;
+    let flat = [-1, kvh, d];
+    // index_copy_ writes through the view into the pool; the returned handle is not needed.
+    let _ = k_pool.f_view(flat)?.f_index_copy_(0, &step.slots, k)?;
+    let _ = v_pool.f_view(flat)?.f_index_copy_(0, &step.slots, v)?;
+    let gqa = h != kvh;
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut outs = Vec::with_capacity(step.groups.len());
+    for g in &step.groups {
+        let out = match g {
+            AttnGroup::Prefill { row, len } => {
+                // [1, heads, len, d]
+                let qg = q.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let kg = k.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let vg = v.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, None::<Tensor>, 0.0, true, scale, gqa)?;
+                o.f_squeeze_dim(0)?.f_transpose(0, 1)?
+            }
+            AttnGroup::PrefixPrefill { row, len, ctx, table, mask } => {
+                let qg = q.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let kg = gather(k_pool, table, kvh, d)?.f_narrow(0, 0, *ctx)?;
+                let vg = gather(v_pool, table, kvh, d)?.f_narrow(0, 0, *ctx)?;
+                let kg = kg.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let vg = vg.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(mask), 0.0, false, scale, gqa)?;
+                o.f_squeeze_dim(0)?.f_transpose(0, 1)?
+            }
+            AttnGroup::Decode { row, n, tables, key_mask, max_ctx } => {
+                // q: [n, heads, 1, d]; k/v: [n, kv_heads, max_ctx, d]
+                let qg = q.f_narrow(0, *row, *n)?.f_unsqueeze(2)?;
+                let kg = gather(k_pool, &tables.f_flatten(0, 1)?, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
+                let vg = gather(v_pool, &tables.f_flatten(0, 1)?, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
+                let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(key_mask), 0.0, false, scale, gqa)?;
+                o.f_squeeze_dim(2)?
+            }
+        };
+        outs.push(out);
+    }
+    let out = match outs.len() {
+        // swap_remove(0) on a one-element Vec cannot panic.
+        1 => outs.swap_remove(0),
+        _ => Tensor::f_cat(&outs, 0)?,
+    };
+    out.f_reshape([-1, h * d])
+}
+
+/// Rows of the pool for `table` ([nb] block ids): [nb * block_size, kvh, d].
+fn gather(pool: &Tensor, table: &Tensor, kvh: i64, d: i64) -> Result<Tensor, TchError> {
+    pool.f_index_select(0, table)?.f_view([-1, kvh, d])
+}
+

@@ -1,0 +1,184 @@
+//! The building blocks shared by the model families: linear projections,
+//! RMSNorm, LayerNorm, embeddings and the rotary position table.
+//!
+//! Each layer is loaded by name from a [`WeightSource`] (Hugging Face naming),
+//! shape-checked, cast to the run dtype and moved to the run device once, at
+//! load time. Forward calls use tch's fallible `f_*` API so a libtorch error
+//! (a CUDA OOM included) comes back as an error, never a process abort.
+
+use tch::{Device, Kind, TchError, Tensor};
+
+use super::config::{ModelConfig, RopeScaling};
+use super::loader::{LoadError, WeightSource};
+
+/// Where and in which float kind the model runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub device: Device,
+    pub kind: Kind,
+}
+
+impl Placement {
+    /// Load `name` with shape `shape`, cast and move it.
+    pub fn load(&self, ws: &dyn WeightSource, name: &str, shape: &[i64]) -> Result<Tensor, LoadError> {
+        let t = ws.load_shaped(name, shape)?;
+        self.place(ws, t)
+    }
+
+    /// Cast and move a CPU tensor to the run kind and device.
+    pub fn place(&self, ws: &dyn WeightSource, t: Tensor) -> Result<Tensor, LoadError> {
+        t.f_to_kind(self.kind)
+            .and_then(|t| t.f_to_device(self.device))
+            .and_then(|t| t.f_contiguous())
+            .map_err(|source| LoadError::Torch { path: ws.origin(), source })
+    }
+}
+
+/// `y = x W^T + b` with W stored [out, in] (what `linear` wants).
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Load `{prefix}.weight` [out, in] and, when `bias`, `{prefix}.bias` [out].
+    pub fn load(ws: &dyn WeightSource, at: &Placement, prefix: &str, in_dim: i64, out_dim: i64, bias: bool) -> Result<Linear, LoadError> {
+        let weight = at.load(ws, &format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias { Some(at.load(ws, &format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { weight, bias })
+    }
+
+    /// GPT-2's Conv1D stores W as [in, out]; transpose once at load.
+    pub fn load_conv1d(ws: &dyn WeightSource, at: &Placement, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Linear, LoadError> {
+        let name = format!("{prefix}.weight");
+        let w = ws.load_shaped(&name, &[in_dim, out_dim])?;
+        let weight = at.place(ws, w.tr())?;
+        let bias = Some(at.load(ws, &format!("{prefix}.bias"), &[out_dim])?);
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// Root-mean-square norm, computed in f32 as transformers does, then cast back.
+#[derive(Debug)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(ws: &dyn WeightSource, at: &Placement, name: &str, dim: i64, eps: f64) -> Result<RmsNorm, LoadError> {
+        Ok(RmsNorm { weight: at.load(ws, name, &[dim])?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let kind = x.kind();
+        let xf = x.f_to_kind(Kind::Float)?;
+        let var = xf.f_square()?.f_mean_dim(-1, true, Kind::Float)?;
+        let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        // transformers multiplies the weight with the input-dtype tensor.
+        self.weight.f_mul(&normed.f_to_kind(kind)?)
+    }
+}
+
+/// LayerNorm with weight and bias (GPT-2).
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn load(ws: &dyn WeightSource, at: &Placement, prefix: &str, dim: i64, eps: f64) -> Result<LayerNorm, LoadError> {
+        let weight = at.load(ws, &format!("{prefix}.weight"), &[dim])?;
+        let bias = at.load(ws, &format!("{prefix}.bias"), &[dim])?;
+        Ok(LayerNorm { weight, bias, eps, dim })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        x.f_layer_norm([self.dim], Some(&self.weight), Some(&self.bias), self.eps, false)
+    }
+}
+
+/// A token (or position) embedding table [rows, dim].
+#[derive(Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn load(ws: &dyn WeightSource, at: &Placement, name: &str, rows: i64, dim: i64) -> Result<Embedding, LoadError> {
+        Ok(Embedding { weight: at.load(ws, name, &[rows, dim])? })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor, TchError> {
+        self.weight.f_index_select(0, ids)
+    }
+}
+
+/// Rotary position embedding tables (cos and sin, [max_pos, head_dim], f32),
+/// built exactly as transformers builds them so f32 logits match to 1e-5.
+#[derive(Debug)]
+pub struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+    half: i64,
+}
+
+impl Rotary {
+    pub fn new(cfg: &ModelConfig, max_pos: i64, device: Device) -> Result<Rotary, TchError> {
+        let dim = cfg.head_dim;
+        // base ** (arange(0, dim, 2) / dim), in f32 like transformers.
+        let exps = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?.f_to_kind(Kind::Float)?.f_div_scalar(dim as f64)?;
+        let base = Tensor::f_from_slice(&[cfg.rope_theta as f32])?;
+        let mut inv_freq = base.f_pow(&exps)?.f_reciprocal()?;
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq = inv_freq.f_div_scalar(*factor)?,
+            Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
+                inv_freq = llama3_inv_freq(&inv_freq, *factor, *low_freq_factor, *high_freq_factor, *original_max_position_embeddings)?;
+            }
+        }
+        let pos = Tensor::f_arange(max_pos, (Kind::Float, Device::Cpu))?;
+        let freqs = pos.f_unsqueeze(1)?.f_mul(&inv_freq.f_unsqueeze(0)?)?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?;
+        Ok(Rotary { cos: emb.f_cos()?.f_to_device(device)?, sin: emb.f_sin()?.f_to_device(device)?, half: dim / 2 })
+    }
+
+    /// cos and sin rows for `positions` ([T] int64), cast to `kind`: [T, 1, head_dim].
+    pub fn select(&self, positions: &Tensor, kind: Kind) -> Result<(Tensor, Tensor), TchError> {
+        let cos = self.cos.f_index_select(0, positions)?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        let sin = self.sin.f_index_select(0, positions)?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        Ok((cos, sin))
+    }
+
+    /// Apply to x [T, heads, head_dim] (transformers' rotate_half layout).
+    pub fn apply(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor, TchError> {
+        let x1 = x.f_narrow(-1, 0, self.half)?;
+        let x2 = x.f_narrow(-1, self.half, self.half)?;
+        let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+        x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)
+    }
+}
+
+/// transformers' `_compute_llama3_parameters`.
+fn llama3_inv_freq(inv_freq: &Tensor, factor: f64, low: f64, high: f64, old_ctx: f64) -> Result<Tensor, TchError> {
+    let low_freq_wavelen = old_ctx / low;
+    let high_freq_wavelen = old_ctx / high;
+    let wavelen = inv_freq.f_reciprocal()?.f_mul_scalar(2.0 * std::f64::consts::PI)?;
+    let scaled = inv_freq.f_div_scalar(factor)?;
+    let long = wavelen.f_gt(low_freq_wavelen)?;
+    let inv_llama = scaled.f_where_self(&long, inv_freq)?;
+    let smooth = wavelen.f_reciprocal()?.f_mul_scalar(old_ctx)?.f_sub_scalar(low)?.f_div_scalar(high - low)?;
+    let one_minus = smooth.f_neg()?.f_add_scalar(1.0)?;
+    // Same operation order as transformers, so f32 results are bit-identical.
+    let smoothed = one_minus.f_mul(&inv_llama)?.f_div_scalar(factor)?.f_add(&smooth.f_mul(&inv_llama)?)?;
+    let medium = wavelen.f_ge(high_freq_wavelen)?.f_logical_and(&wavelen.f_le(low_freq_wavelen)?)?;
+    smoothed.f_where_self(&medium, &inv_llama)
+}
