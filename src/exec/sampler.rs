@@ -670,6 +670,20 @@ mod tests {
     }
 
     #[test]
+    fn dispatched_kernels_match_the_portable_ones_bit_for_bit() {
+        for len in [1usize, 15, 16, 17, 1000, 4099] {
+            let row = noisy_row(len, len as u64);
+            assert_eq!(argmax(&row), argmax_lanes(&row));
+            let (a, b) = (sum_exp(&row, 4.0, 1.3), sum_exp_lanes(&row, 4.0, 1.3));
+            assert_eq!(a.to_bits(), b.to_bits());
+            let (mut wa, mut wb) = (vec![0.0; len], vec![0.0; len]);
+            let ta = fill_weights(&row, 4.0, 0.7, -2.0, &mut wa);
+            let tb = fill_weights_lanes(&row, 4.0, 0.7, -2.0, &mut wb);
+            assert_eq!((ta.to_bits(), wa), (tb.to_bits(), wb));
+        }
+    }
+
+    #[test]
     fn greedy_is_argmax_with_ties_to_lowest_id() {
         let mut row = noisy_row(1000, 1);
         row[777] = 9.0;

@@ -143,7 +143,7 @@ impl GgufTensorInfo {
 
     /// Shape in torch order (dims reversed).
     pub fn torch_shape(&self) -> Vec<i64> {
-        // Fits: open() checked the element count against the file size.
+        // Fits: open() checked every dim and their product against i64::MAX.
         self.dims.iter().rev().map(|&d| d as i64).collect()
     }
 }
@@ -584,7 +584,7 @@ fn parse_header(path: &Path, buf: &[u8]) -> Result<Header, LoadError> {
         let n_elements = dims
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= i64::MAX as u64);
+            .filter(|&n| n <= i64::MAX as u64 && dims.iter().all(|&d| d <= i64::MAX as u64));
         let Some(n_elements) = n_elements else {
             return Err(bad(format!("dims {dims:?} overflow")));
         };
