@@ -8,12 +8,19 @@
 //! - [`block_manager`]: the paged KV pool, refcounts, prefix cache (LRU).
 //! - [`scheduler`]: continuous batching with chunked prefill and preemption.
 //! - [`errors`]: `NoBlocks`, `ConfigError`, `AddError`.
+//! - [`sampler`]: per-sequence sampling over a logits row (own RNG per sequence).
+//! - [`detok`], [`stop`]: incremental UTF-8-safe detokenization, stop strings.
 
 pub mod block_manager;
+pub mod detok;
 pub mod errors;
+pub mod executor;
 pub mod ids;
+pub mod request;
 pub mod scheduler;
+pub mod sampler;
 pub mod sequence;
+pub mod stop;
 
 pub use block_manager::{BlockManager, SeqBlocks};
 pub use errors::{AddError, ConfigError, NoBlocks};

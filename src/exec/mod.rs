@@ -1,6 +1,5 @@
-//! What runs on a worker around the model forward: sampling and incremental
-//! detokenization.
+//! What runs on a worker around the model forward. Sampling, incremental
+//! detokenization and stop strings are plain Rust and live in `inferd-actors`
+//! (the batcher needs them without libtorch); they are re-exported here.
 
-pub mod detok;
-pub mod sampler;
-pub mod stop;
+pub use inferd_actors::{detok, sampler, stop};
