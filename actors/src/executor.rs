@@ -5,6 +5,7 @@
 //! libtorch.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::ids::{BlockId, SeqId};
 use crate::sampler::{Sampled, SamplingParams};
@@ -33,8 +34,10 @@ pub struct ModelSpec {
 }
 
 /// What a loaded replica offers; the batcher sizes its block manager from it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReplicaInfo {
+    /// The model's tokenizer, for the batcher's incremental detokenization.
+    pub decoder: Arc<dyn TextDecoder>,
     pub num_blocks: usize,
     pub block_size: usize,
     pub vocab_size: usize,
@@ -44,6 +47,20 @@ pub struct ReplicaInfo {
     pub weight_bytes: u64,
     /// Bytes the KV pool takes on the device.
     pub kv_bytes: u64,
+}
+
+impl std::fmt::Debug for ReplicaInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaInfo")
+            .field("num_blocks", &self.num_blocks)
+            .field("block_size", &self.block_size)
+            .field("vocab_size", &self.vocab_size)
+            .field("max_context", &self.max_context)
+            .field("eos_token_ids", &self.eos_token_ids)
+            .field("weight_bytes", &self.weight_bytes)
+            .field("kv_bytes", &self.kv_bytes)
+            .finish()
+    }
 }
 
 /// One sequence's share of a step (mirrors the scheduler's `ScheduledSeq`).
