@@ -10,19 +10,34 @@
 //! - [`errors`]: `NoBlocks`, `ConfigError`, `AddError`.
 //! - [`sampler`]: per-sequence sampling over a logits row (own RNG per sequence).
 //! - [`detok`], [`stop`]: incremental UTF-8-safe detokenization, stop strings.
+//!
+//! Actors (thin shells over that state; see each module's doc):
+//! - [`worker`]: one per device on its own OS thread, owns the `Executor`.
+//! - [`batcher`]: one per model replica, drives continuous batching.
+//! - [`router`]: model -> replicas, load- and prefix-aware choice, admission.
+//! - [`supervisor`]: starts workers, loads models, restarts failed workers.
+//! - [`engine`]: the `Engine` handle, the crate's public serving API.
 
+pub mod batcher;
 pub mod block_manager;
 pub mod detok;
+pub mod engine;
 pub mod errors;
 pub mod executor;
 pub mod ids;
 pub mod request;
+pub mod router;
 pub mod scheduler;
 pub mod sampler;
 pub mod sequence;
 pub mod stop;
+pub mod supervisor;
+pub mod worker;
 
 pub use block_manager::{BlockManager, SeqBlocks};
+pub use engine::{
+    Engine, EngineConfig, ExecutorFactory, ModelDeployment, RequestHandle, RequestId,
+};
 pub use errors::{AddError, ConfigError, NoBlocks};
 pub use ids::{BlockHash, BlockId, SeqId};
 pub use scheduler::{FinishedSeq, ScheduledBatch, ScheduledSeq, Scheduler, SchedulerConfig};

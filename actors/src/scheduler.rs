@@ -249,6 +249,25 @@ impl Scheduler {
         self.waiting[seq.priority.index()].push_front(seq);
     }
 
+    /// Preempts every running sequence back to the front of its waiting
+    /// queue (running order kept) and forgets the prefix cache, for when the
+    /// device lost its KV cache (worker restart): everything recomputes, and
+    /// no cached block may be served since its K/V are gone. Drops the plan
+    /// of the step in flight. Prefix-cache hit counters restart from zero.
+    pub fn preempt_all(&mut self) {
+        self.in_flight.clear();
+        // Tail first, each to the front: the queues end up in running order.
+        while let Some(last) = self.running.len().checked_sub(1) {
+            self.preempt(last);
+        }
+        // No sequence holds a block now (waiting ones never do), so a fresh
+        // pool of the same shape is equivalent minus the stale cache.
+        let mut fresh = BlockManager::new(self.config.num_blocks, self.config.block_size)
+            .unwrap_or_else(|_| unreachable!("this shape was accepted by Scheduler::new"));
+        fresh.set_prefix_caching(self.config.enable_prefix_caching);
+        self.blocks = fresh;
+    }
+
     /// Chunks for running sequences still in prefill (their blocks were all
     /// taken at admission), in running order, within the budget left.
     fn schedule_prefills(&mut self, budget: &mut usize, plan: &mut Vec<(SeqId, usize)>) {

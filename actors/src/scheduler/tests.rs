@@ -525,3 +525,51 @@ fn randomized_rounds_keep_invariants_and_outputs() {
         );
     }
 }
+
+/// A worker restart loses the device's KV: `preempt_all` must requeue every
+/// running sequence (in running order, ahead of older waiters), free all
+/// blocks, and forget the prefix cache so nothing stale is served; a fresh
+/// simulated pool then still yields every reference output.
+#[test]
+fn preempt_all_requeues_everything_and_forgets_the_prefix_cache() {
+    let mut s = Scheduler::new(cfg(64, 32, 2)).unwrap();
+    let mut m = FakeModel::default();
+    let shared = prompt(7, 9);
+    m.add(&mut s, 1, Priority::Batch, shared.clone(), 6);
+    m.add(&mut s, 2, Priority::Batch, prompt(2, 5), 6);
+    m.add(&mut s, 3, Priority::Batch, prompt(3, 5), 6);
+    for _ in 0..4 {
+        step(&mut s, &mut m);
+    }
+    assert_eq!(s.num_running(), 2);
+    let before = s.num_preemptions();
+
+    s.preempt_all();
+    s.check_invariants().expect("invariants after preempt_all");
+    assert_eq!(s.num_running(), 0);
+    assert_eq!(s.num_waiting(), 3);
+    assert_eq!(s.num_preemptions(), before + 2);
+    assert_eq!(s.block_manager().num_free(), 64, "every block is free");
+    assert_eq!(
+        s.block_manager().num_cached_free(),
+        0,
+        "no cached prefix survives"
+    );
+
+    // The device lost its KV: a fresh simulated pool.
+    m.kv.clear();
+    let b = s.schedule();
+    let ids: Vec<u64> = b.seqs.iter().map(|q| q.id.0).collect();
+    assert_eq!(ids, vec![1, 2], "the preempted run first, in running order");
+    assert!(
+        b.seqs.iter().all(|q| q.start_pos == 0),
+        "no prefix hit on lost KV"
+    );
+    let results = m.step(&b);
+    s.on_step_done(&results)
+        .iter()
+        .for_each(|f| m.check_finished(f));
+    let finished = run_until_idle(&mut s, &mut m);
+    assert_eq!(finished.len(), 3);
+    assert!(finished.iter().all(|f| f.reason == FinishReason::Length));
+}

@@ -1,0 +1,163 @@
+//! The engine handle: the in-process API the HTTP layer and the CLI use.
+//! It is thin: admission and routing go to the shared [`Router`], lifecycle
+//! to the [`Supervisor`] actor, per-request commands and stats to the
+//! batchers. Cloning is cheap; all clones drive the same engine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Recipient};
+
+use crate::batcher::{Cancel, GetStats};
+use crate::executor::{Executor, ModelSpec, ReplicaInfo};
+use crate::request::{Event, GenerateRequest, ReplicaStats, SubmitError};
+use crate::router::{QueueLimits, Router};
+use crate::supervisor::{Health, Supervisor, WorkerFailed};
+
+pub use crate::worker::ExecutorFactory;
+
+/// How often `wait_ready` looks at the load state.
+const READY_POLL: Duration = Duration::from_millis(10);
+
+/// Per-model serving settings (one entry per model; the replicas are its devices).
+#[derive(Debug, Clone)]
+pub struct ModelDeployment {
+    pub spec: ModelSpec,
+    /// e.g. ["cpu"] or ["cuda:0","cuda:1"]: one replica per device.
+    pub devices: Vec<String>,
+    /// Scheduler: running sequences per step.
+    pub max_num_seqs: usize,
+    /// Scheduler: token budget per step.
+    pub max_batched_tokens: usize,
+    pub enable_prefix_caching: bool,
+    /// Admission: waiting requests per model (all replicas) before Overloaded.
+    pub max_queue_requests: usize,
+    /// Admission: waiting prompt tokens per model before Overloaded.
+    pub max_queue_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub devices: Vec<String>,
+    pub models: Vec<ModelDeployment>,
+}
+
+/// A request's id, unique in the process (also its `SeqId` in the batcher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// An admitted request: its id and its event stream (`Token*` then exactly
+/// one `Done` or `Error`). Dropping `events` cancels the request.
+pub struct RequestHandle {
+    pub id: RequestId,
+    pub model: String,
+    pub version: String,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+}
+
+/// A handle to a running engine (cheap to clone). Must be created inside a
+/// running actix System.
+#[derive(Clone)]
+pub struct Engine {
+    router: Arc<Router>,
+    health: Arc<Health>,
+    /// Keeps the supervisor alive while a handle exists.
+    _supervisor: Recipient<WorkerFailed>,
+}
+
+impl Engine {
+    /// Starts supervisor, router, one worker per device and one batcher per
+    /// (model, device); returns at once, models load in the background
+    /// (`is_ready()` turns true when all loaded; a failed load is reported
+    /// by `load_errors()`).
+    pub fn start<E: Executor>(config: EngineConfig, factory: ExecutorFactory<E>) -> Engine {
+        let limits = config
+            .models
+            .iter()
+            .map(|m| {
+                let limits = QueueLimits {
+                    max_queue_requests: m.max_queue_requests,
+                    max_queue_tokens: m.max_queue_tokens,
+                };
+                (m.spec.name.clone(), limits)
+            })
+            .collect();
+        let router = Arc::new(Router::new(limits));
+        let health = Arc::new(Health::default());
+        let supervisor = Supervisor::new(config, factory, router.clone(), health.clone()).start();
+        Engine {
+            router,
+            health,
+            _supervisor: supervisor.recipient(),
+        }
+    }
+
+    /// Waits until every model is loaded; fails early on a load error.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let errors = self.load_errors();
+            if !errors.is_empty() {
+                return Err(errors.join("; "));
+            }
+            if self.is_ready() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("models not loaded after {timeout:?}"));
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    pub fn load_errors(&self) -> Vec<String> {
+        self.health.load_errors()
+    }
+
+    /// Admits a request (least-loaded replica, prefix affinity, admission
+    /// control). On success the stream yields `Event::Token*` then exactly
+    /// one `Event::Done` or `Event::Error`. Dropping the receiver cancels.
+    pub async fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SubmitError> {
+        self.router.submit(req)
+    }
+
+    /// Cancels a request: its blocks are freed before the next step and its
+    /// stream ends with `Event::Error { "cancelled" }`. Unknown ids (already
+    /// finished) are ignored.
+    pub fn cancel(&self, id: RequestId) {
+        if let Some(batcher) = self.router.batcher_of(id) {
+            batcher.do_send(Cancel { id });
+        }
+    }
+
+    /// One entry per loaded replica (a replica that does not answer is left out).
+    pub async fn stats(&self) -> Vec<ReplicaStats> {
+        let mut out = Vec::new();
+        for (_, replica) in self.router.replicas() {
+            if let Ok(stats) = replica.batcher.send(GetStats).await {
+                out.push(stats);
+            }
+        }
+        out
+    }
+
+    /// Max context (prompt + output) and vocab of a model's active replica,
+    /// for validation at the edge.
+    pub fn model_limits(&self, model: &str) -> Option<ReplicaInfo> {
+        self.router.model_limits(model)
+    }
+
+    /// Served model names, in configuration order.
+    pub fn models(&self) -> Vec<String> {
+        self.router.models()
+    }
+
+    /// Number of worker restarts so far (tests).
+    pub fn worker_restarts(&self) -> u64 {
+        self.health.worker_restarts()
+    }
+}

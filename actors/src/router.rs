@@ -1,0 +1,457 @@
+//! The router: model name -> replicas, and the admission decision for each
+//! request. It is shared state behind a lock rather than an actor, because a
+//! routing decision is a few comparisons over load gauges that the batchers
+//! publish (no message round trip), and the check-then-reserve of admission
+//! control must be atomic across concurrent submits. A request is reserved in
+//! the chosen replica's gauge before its `Submit` is queued, so a burst can
+//! never slip past `max_queue_requests` / `max_queue_tokens`.
+//!
+//! Replica choice: least loaded (queued + running requests, then KV usage),
+//! preferring the replica that last served the same prompt prefix (a hash of
+//! the prompt's first full KV block, SGLang-style cache-aware routing) unless
+//! it is clearly busier than the least loaded one.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use actix::Addr;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+
+use crate::batcher::{Batcher, Submit};
+use crate::block_manager::chain_hash;
+use crate::engine::{RequestHandle, RequestId};
+use crate::executor::{ReplicaId, ReplicaInfo};
+use crate::request::{GenerateRequest, SubmitError};
+
+/// Prompt prefixes remembered per model for affinity (oldest forgotten first).
+pub const AFFINITY_CAPACITY: usize = 4096;
+/// Full KV blocks of the prompt hashed into the affinity key: one block is
+/// what a shared system prompt or few-shot header has in common.
+pub const AFFINITY_PREFIX_BLOCKS: usize = 1;
+/// How many more requests (queued + running) the affinity replica may carry
+/// than the least loaded one and still be preferred.
+pub const AFFINITY_SLACK: usize = 4;
+/// `retry_after` reported with `Overloaded` (a queue drains in about a second
+/// at the batch sizes served here).
+pub const OVERLOAD_RETRY_AFTER_SECS: u64 = 1;
+
+/// Which batcher holds each live request, for `Engine::cancel`. Batchers
+/// remove their requests when they end.
+pub type RequestIndex = Arc<DashMap<RequestId, Addr<Batcher>>>;
+
+/// One replica's load, written by its batcher and read by the router without
+/// a message round trip.
+#[derive(Debug, Default)]
+pub struct ReplicaLoad {
+    /// Routed by the router but not yet received by the batcher.
+    pending_requests: AtomicUsize,
+    pending_tokens: AtomicUsize,
+    /// Received by the batcher, never scheduled yet (the admission queue).
+    queued_requests: AtomicUsize,
+    queued_tokens: AtomicUsize,
+    running: AtomicUsize,
+    /// `f64::to_bits` of the KV usage fraction.
+    kv_usage_bits: AtomicU64,
+    /// False until loaded, and again while the replica's worker is lost.
+    ready: AtomicBool,
+}
+
+impl ReplicaLoad {
+    /// Requests and prompt tokens waiting for their first step.
+    pub fn waiting(&self) -> (usize, usize) {
+        let reqs = self.pending_requests.load(Ordering::SeqCst)
+            + self.queued_requests.load(Ordering::SeqCst);
+        let toks =
+            self.pending_tokens.load(Ordering::SeqCst) + self.queued_tokens.load(Ordering::SeqCst);
+        (reqs, toks)
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    pub fn kv_usage(&self) -> f64 {
+        f64::from_bits(self.kv_usage_bits.load(Ordering::SeqCst))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Router: a request is on its way to the batcher.
+    fn reserve(&self, tokens: usize) {
+        self.pending_requests.fetch_add(1, Ordering::SeqCst);
+        self.pending_tokens.fetch_add(tokens, Ordering::SeqCst);
+    }
+
+    /// Batcher: the request arrived (call after publishing it as queued, so
+    /// the total is never under-counted in between).
+    pub(crate) fn arrived(&self, tokens: usize) {
+        self.pending_requests.fetch_sub(1, Ordering::SeqCst);
+        self.pending_tokens.fetch_sub(tokens, Ordering::SeqCst);
+    }
+
+    /// Batcher: its current state.
+    pub(crate) fn publish(&self, queued: usize, queued_tokens: usize, running: usize, kv: f64) {
+        self.queued_requests.store(queued, Ordering::SeqCst);
+        self.queued_tokens.store(queued_tokens, Ordering::SeqCst);
+        self.running.store(running, Ordering::SeqCst);
+        self.kv_usage_bits.store(kv.to_bits(), Ordering::SeqCst);
+    }
+
+    /// Requests on this replica, the first ranking key.
+    fn load(&self) -> usize {
+        self.waiting().0 + self.running()
+    }
+}
+
+/// A loaded replica as the router sees it.
+#[derive(Clone)]
+pub struct Replica {
+    pub id: ReplicaId,
+    pub device: String,
+    pub version: String,
+    pub info: ReplicaInfo,
+    pub gauge: Arc<ReplicaLoad>,
+    pub batcher: Addr<Batcher>,
+}
+
+/// Per-model admission limits (from the deployment).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_queue_requests: usize,
+    pub max_queue_tokens: usize,
+}
+
+struct ModelEntry {
+    limits: QueueLimits,
+    replicas: Vec<Replica>,
+    affinity: Affinity,
+}
+
+/// Bounded map: prompt-prefix hash -> replica that last served it.
+#[derive(Default)]
+struct Affinity {
+    map: HashMap<u64, ReplicaId>,
+    /// Insertion order, to forget the oldest key beyond the capacity.
+    order: VecDeque<u64>,
+}
+
+impl Affinity {
+    fn get(&self, key: u64) -> Option<ReplicaId> {
+        self.map.get(&key).copied()
+    }
+
+    fn put(&mut self, key: u64, replica: ReplicaId) {
+        if self.map.insert(key, replica).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > AFFINITY_CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Model name -> replicas, plus the request index and id counter.
+pub struct Router {
+    /// Names are fixed at start (so an unknown model differs from one still
+    /// loading); the replicas inside each entry come and go.
+    models: RwLock<HashMap<String, Mutex<ModelEntry>>>,
+    /// Model names in configuration order.
+    names: Vec<String>,
+    next_id: AtomicU64,
+    index: RequestIndex,
+}
+
+impl Router {
+    pub fn new(models: Vec<(String, QueueLimits)>) -> Router {
+        let names = models.iter().map(|(n, _)| n.clone()).collect();
+        let models = models
+            .into_iter()
+            .map(|(name, limits)| {
+                let entry = ModelEntry {
+                    limits,
+                    replicas: Vec::new(),
+                    affinity: Affinity::default(),
+                };
+                (name, Mutex::new(entry))
+            })
+            .collect();
+        Router {
+            models: RwLock::new(models),
+            names,
+            next_id: AtomicU64::new(1),
+            index: Arc::new(DashMap::new()),
+        }
+    }
+
+    pub fn index(&self) -> RequestIndex {
+        self.index.clone()
+    }
+
+    pub fn models(&self) -> Vec<String> {
+        self.names.clone()
+    }
+
+    /// Adds a loaded replica of `model` (ignored for an unknown model).
+    pub fn register(&self, model: &str, replica: Replica) {
+        if let Some(entry) = self.models.read().get(model) {
+            let mut entry = entry.lock();
+            entry.replicas.retain(|r| r.id != replica.id);
+            entry.replicas.push(replica);
+        }
+    }
+
+    /// Every registered replica with its model name.
+    pub fn replicas(&self) -> Vec<(String, Replica)> {
+        let models = self.models.read();
+        let mut out = Vec::new();
+        for name in &self.names {
+            if let Some(entry) = models.get(name) {
+                out.extend(
+                    entry
+                        .lock()
+                        .replicas
+                        .iter()
+                        .map(|r| (name.clone(), r.clone())),
+                );
+            }
+        }
+        out
+    }
+
+    /// Limits of the first ready replica of `model`.
+    pub fn model_limits(&self, model: &str) -> Option<ReplicaInfo> {
+        let models = self.models.read();
+        let entry = models.get(model)?.lock();
+        entry
+            .replicas
+            .iter()
+            .find(|r| r.gauge.is_ready())
+            .map(|r| r.info.clone())
+    }
+
+    /// The batcher holding a live request.
+    pub fn batcher_of(&self, id: RequestId) -> Option<Addr<Batcher>> {
+        self.index.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Admission control and replica choice; queues the request on success.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SubmitError> {
+        let models = self.models.read();
+        let entry = models
+            .get(&req.model)
+            .ok_or_else(|| SubmitError::UnknownModel(req.model.clone()))?;
+        // Held until the request is reserved: check-then-reserve is atomic.
+        let mut entry = entry.lock();
+        let ready: Vec<&Replica> = entry
+            .replicas
+            .iter()
+            .filter(|r| r.gauge.is_ready() && r.batcher.connected())
+            .collect();
+        let Some(first) = ready.first() else {
+            return Err(SubmitError::NotReady(req.model.clone()));
+        };
+        validate(&req, &first.info)?;
+        check_queue(&req, entry.limits, &ready)?;
+        let key = affinity_key(&req.prompt, first.info.block_size);
+        let preferred = key.and_then(|k| entry.affinity.get(k));
+        let cands: Vec<Candidate> = ready
+            .iter()
+            .map(|r| (r.id, r.gauge.load(), r.gauge.kv_usage()))
+            .collect();
+        let chosen_id = pick(&cands, preferred);
+        // `ready` is non-empty, so pick found one of its ids.
+        let Some(chosen) = ready
+            .iter()
+            .find(|r| Some(r.id) == chosen_id)
+            .map(|r| (*r).clone())
+        else {
+            return Err(SubmitError::NotReady(req.model.clone()));
+        };
+        if let Some(k) = key {
+            entry.affinity.put(k, chosen.id);
+        }
+        drop(entry);
+
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::SeqCst));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        chosen.gauge.reserve(req.prompt.len());
+        self.index.insert(id, chosen.batcher.clone());
+        let model = req.model.clone();
+        // The queue bound above is the backpressure; the mailbox need not be.
+        chosen.batcher.do_send(Submit {
+            id,
+            req,
+            events: tx,
+        });
+        Ok(RequestHandle {
+            id,
+            model,
+            version: chosen.version.clone(),
+            events: rx,
+        })
+    }
+}
+
+/// Refuses what no replica could ever complete. Sampling parameters are
+/// re-checked against this model's vocabulary (cheap, and the edge may not
+/// know it).
+fn validate(req: &GenerateRequest, info: &ReplicaInfo) -> Result<(), SubmitError> {
+    let prompt = req.prompt.len();
+    if prompt == 0 {
+        return Err(SubmitError::Invalid {
+            field: "prompt",
+            message: "the prompt is empty".into(),
+        });
+    }
+    if req.max_tokens == 0 {
+        return Err(SubmitError::Invalid {
+            field: "max_tokens",
+            message: "must be at least 1".into(),
+        });
+    }
+    // The last sampled token is never fed, so the pool must hold
+    // prompt + max_tokens - 1 positions.
+    let pool = info.num_blocks * info.block_size + 1;
+    let limit = info.max_context.min(pool);
+    if prompt + req.max_tokens > limit {
+        let field = if prompt >= limit {
+            "prompt"
+        } else {
+            "max_tokens"
+        };
+        let message = format!(
+            "the prompt has {prompt} tokens and max_tokens is {}; together they exceed the model's \
+             context of {limit} tokens",
+            req.max_tokens
+        );
+        return Err(SubmitError::Invalid { field, message });
+    }
+    req.sampling
+        .validate(info.vocab_size)
+        .map_err(|e| SubmitError::Invalid {
+            field: e.field,
+            message: e.to_string(),
+        })
+}
+
+fn check_queue(
+    req: &GenerateRequest,
+    limits: QueueLimits,
+    ready: &[&Replica],
+) -> Result<(), SubmitError> {
+    let (reqs, toks) = ready
+        .iter()
+        .map(|r| r.gauge.waiting())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let overloaded = |reason: String| SubmitError::Overloaded {
+        model: req.model.clone(),
+        reason,
+        retry_after_secs: OVERLOAD_RETRY_AFTER_SECS,
+    };
+    if reqs + 1 > limits.max_queue_requests {
+        return Err(overloaded(format!(
+            "{reqs} requests queued, limit {}",
+            limits.max_queue_requests
+        )));
+    }
+    // A prompt larger than the whole token bound still gets in when nothing
+    // is queued, or it could never be served.
+    if toks > 0 && toks + req.prompt.len() > limits.max_queue_tokens {
+        return Err(overloaded(format!(
+            "{toks} prompt tokens queued, limit {}",
+            limits.max_queue_tokens
+        )));
+    }
+    Ok(())
+}
+
+/// Hash of the prompt's first full block(s); `None` for shorter prompts.
+fn affinity_key(prompt: &[u32], block_size: usize) -> Option<u64> {
+    let n = (prompt.len() / block_size.max(1)).min(AFFINITY_PREFIX_BLOCKS) * block_size;
+    (n > 0).then(|| chain_hash(None, &prompt[..n]).0)
+}
+
+/// A replica's ranking inputs: id, requests (queued + running), KV usage.
+type Candidate = (ReplicaId, usize, f64);
+
+/// Least loaded (requests, then KV usage; ties to the first), unless the
+/// affinity replica is within `AFFINITY_SLACK` requests of it.
+fn pick(cands: &[Candidate], preferred: Option<ReplicaId>) -> Option<ReplicaId> {
+    let best = cands.iter().copied().reduce(|best, c| {
+        if (c.1, c.2).partial_cmp(&(best.1, best.2)) == Some(std::cmp::Ordering::Less) {
+            c
+        } else {
+            best
+        }
+    })?;
+    let aff = preferred.and_then(|p| cands.iter().find(|c| c.0 == p));
+    Some(match aff {
+        Some(a) if a.1 <= best.1 + AFFINITY_SLACK => a.0,
+        _ => best.0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_least_loaded_then_lowest_kv_usage() {
+        let c = [
+            (ReplicaId(1), 3, 0.1),
+            (ReplicaId(2), 1, 0.9),
+            (ReplicaId(3), 1, 0.2),
+        ];
+        assert_eq!(pick(&c, None), Some(ReplicaId(3)));
+        assert_eq!(pick(&[], None), None);
+    }
+
+    #[test]
+    fn affinity_wins_within_the_slack_only() {
+        let near = [(ReplicaId(1), AFFINITY_SLACK, 0.5), (ReplicaId(2), 0, 0.0)];
+        assert_eq!(pick(&near, Some(ReplicaId(1))), Some(ReplicaId(1)));
+        let far = [
+            (ReplicaId(1), AFFINITY_SLACK + 1, 0.5),
+            (ReplicaId(2), 0, 0.0),
+        ];
+        assert_eq!(pick(&far, Some(ReplicaId(1))), Some(ReplicaId(2)));
+        assert_eq!(
+            pick(&near, Some(ReplicaId(9))),
+            Some(ReplicaId(2)),
+            "unknown replica ignored"
+        );
+    }
+
+    #[test]
+    fn affinity_key_needs_a_full_block_and_ignores_the_tail() {
+        assert_eq!(affinity_key(&[1, 2, 3], 4), None);
+        let a = affinity_key(&[1, 2, 3, 4, 5], 4);
+        assert!(a.is_some());
+        assert_eq!(a, affinity_key(&[1, 2, 3, 4, 9, 9, 9], 4));
+        assert_ne!(a, affinity_key(&[1, 2, 3, 5, 5], 4));
+    }
+
+    #[test]
+    fn affinity_map_is_bounded() {
+        let mut m = Affinity::default();
+        for k in 0..(AFFINITY_CAPACITY as u64 + 10) {
+            m.put(k, ReplicaId(k));
+        }
+        assert_eq!(m.map.len(), AFFINITY_CAPACITY);
+        assert_eq!(m.get(0), None, "oldest forgotten");
+        assert_eq!(
+            m.get(AFFINITY_CAPACITY as u64 + 9),
+            Some(ReplicaId(AFFINITY_CAPACITY as u64 + 9))
+        );
+    }
+}
