@@ -81,6 +81,12 @@ pub struct WorkerLost {
 #[rtype(result = "ReplicaStats")]
 pub struct GetStats;
 
+/// From the supervisor: the replica is being unloaded (drained first, so
+/// normally nothing is left); any request left fails, and the batcher stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
 /// Everything a batcher is built from.
 pub struct BatcherSetup {
     pub replica: ReplicaId,
@@ -589,6 +595,26 @@ impl Handler<WorkerLost> for Batcher {
             );
         }
         self.publish();
+    }
+}
+
+impl Handler<Shutdown> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        self.setup.gauge.set_ready(false);
+        let ids: Vec<SeqId> = self.live.keys().copied().collect();
+        for id in ids {
+            self.sched.abort(id);
+            self.end(
+                id,
+                Some(Event::Error {
+                    message: "the model version was unloaded".into(),
+                }),
+            );
+        }
+        self.publish();
+        ctx.stop();
     }
 }
 

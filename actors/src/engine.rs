@@ -1,7 +1,9 @@
 //! The engine handle: the in-process API the HTTP layer and the CLI use.
 //! It is thin: admission and routing go to the shared [`Router`], lifecycle
 //! to the [`Supervisor`] actor, per-request commands and stats to the
-//! batchers. Cloning is cheap; all clones drive the same engine.
+//! batchers. Cloning is cheap; all clones drive the same engine. Model
+//! management (load / activate / rollback / canary / unload, snapshots) is
+//! in `manage`, as more methods on this handle.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,10 +11,11 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Recipient};
 
 use crate::batcher::{Cancel, GetStats};
+use crate::deployment::RouteHints;
 use crate::executor::{Executor, ModelSpec, ReplicaInfo};
 use crate::request::{Event, GenerateRequest, ReplicaStats, SubmitError};
 use crate::router::{QueueLimits, Router};
-use crate::supervisor::{Health, Supervisor, WorkerFailed};
+use crate::supervisor::{Health, LoadVersion, Supervisor, UnloadVersion, WorkerFailed};
 
 pub use crate::worker::ExecutorFactory;
 
@@ -39,6 +42,11 @@ pub struct ModelDeployment {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub devices: Vec<String>,
+    /// Several entries may share a `spec.name` with different
+    /// `spec.version`s: the FIRST listed per name is the model's active
+    /// version, the others load as ready standbys (no traffic until
+    /// activated, pinned or made a canary). A repeated (name, version) is a
+    /// load error. Queue limits are the first entry's per name.
     pub models: Vec<ModelDeployment>,
 }
 
@@ -59,10 +67,13 @@ pub struct RequestHandle {
 /// running actix System.
 #[derive(Clone)]
 pub struct Engine {
-    router: Arc<Router>,
-    health: Arc<Health>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) health: Arc<Health>,
     /// Keeps the supervisor alive while a handle exists.
     _supervisor: Recipient<WorkerFailed>,
+    /// Model management requests to the supervisor.
+    pub(crate) load: Recipient<LoadVersion>,
+    pub(crate) unload: Recipient<UnloadVersion>,
 }
 
 impl Engine {
@@ -70,25 +81,40 @@ impl Engine {
     /// (model, device); returns at once, models load in the background
     /// (`is_ready()` turns true when all loaded; a failed load is reported
     /// by `load_errors()`).
-    pub fn start<E: Executor>(config: EngineConfig, factory: ExecutorFactory<E>) -> Engine {
-        let limits = config
-            .models
-            .iter()
-            .map(|m| {
-                let limits = QueueLimits {
+    pub fn start<E: Executor>(mut config: EngineConfig, factory: ExecutorFactory<E>) -> Engine {
+        let mut limits: Vec<(String, QueueLimits)> = Vec::new();
+        for m in &config.models {
+            if !limits.iter().any(|(n, _)| *n == m.spec.name) {
+                let l = QueueLimits {
                     max_queue_requests: m.max_queue_requests,
                     max_queue_tokens: m.max_queue_tokens,
                 };
-                (m.spec.name.clone(), limits)
-            })
-            .collect();
+                limits.push((m.spec.name.clone(), l));
+            }
+        }
         let router = Arc::new(Router::new(limits));
         let health = Arc::new(Health::default());
+        // Record every version (the first per name active); a repeated one
+        // is reported and not loaded.
+        let mut seen: Vec<String> = Vec::new();
+        config.models.retain(|m| {
+            let first = !seen.contains(&m.spec.name);
+            seen.push(m.spec.name.clone());
+            match router.begin_load(m, first) {
+                Ok(()) => true,
+                Err(e) => {
+                    health.error(e.to_string());
+                    false
+                }
+            }
+        });
         let supervisor = Supervisor::new(config, factory, router.clone(), health.clone()).start();
         Engine {
             router,
             health,
-            _supervisor: supervisor.recipient(),
+            _supervisor: supervisor.clone().recipient(),
+            load: supervisor.clone().recipient(),
+            unload: supervisor.recipient(),
         }
     }
 
@@ -110,8 +136,16 @@ impl Engine {
         }
     }
 
+    /// Start-up loads are done without error and every model with a
+    /// designated active version has it ready (a model being added by
+    /// `load_version` counts once its first version is active).
     pub fn is_ready(&self) -> bool {
-        self.health.is_ready()
+        self.health.is_ready() && self.router.all_ready()
+    }
+
+    /// `model` has a ready active version with a ready replica.
+    pub fn model_ready(&self, model: &str) -> bool {
+        self.router.model_ready(model)
     }
 
     pub fn load_errors(&self) -> Vec<String> {
@@ -123,6 +157,19 @@ impl Engine {
     /// one `Event::Done` or `Event::Error`. Dropping the receiver cancels.
     pub async fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SubmitError> {
         self.router.submit(req)
+    }
+
+    /// `submit` with routing hints: `version` pins a ready version (unknown
+    /// or unloaded: `SubmitError::Invalid { field: "version" }`; loading or
+    /// draining: `NotReady`); `session_id` keeps a session on one side of a
+    /// canary split. `RequestHandle::version` and `Event::Done::version`
+    /// name the version that serves it.
+    pub async fn submit_with(
+        &self,
+        req: GenerateRequest,
+        hints: RouteHints,
+    ) -> Result<RequestHandle, SubmitError> {
+        self.router.submit_with(req, &hints)
     }
 
     /// Cancels a request: its blocks are freed before the next step and its
@@ -151,7 +198,8 @@ impl Engine {
         self.router.model_limits(model)
     }
 
-    /// Served model names, in configuration order.
+    /// Served model names, in configuration order (then models added by
+    /// `load_version`; removed ones are gone).
     pub fn models(&self) -> Vec<String> {
         self.router.models()
     }

@@ -10,6 +10,11 @@
 //! preferring the replica that last served the same prompt prefix (a hash of
 //! the prompt's first full KV block, SGLang-style cache-aware routing) unless
 //! it is clearly busier than the least loaded one.
+//!
+//! Versions: each model's [`Deployment`] (plain state) first picks the
+//! version (pin, canary split, active), then the replica is chosen among that
+//! version's ready replicas. Both happen under the model's lock, so switching
+//! the active version is atomic for routing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +26,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::batcher::{Batcher, Submit};
 use crate::block_manager::chain_hash;
-use crate::engine::{RequestHandle, RequestId};
+use crate::deployment::{Deployment, ManageError, RouteHints};
+use crate::engine::{ModelDeployment, RequestHandle, RequestId};
 use crate::executor::{ReplicaId, ReplicaInfo};
 use crate::request::{GenerateRequest, SubmitError};
 
@@ -105,6 +111,11 @@ impl ReplicaLoad {
         self.kv_usage_bits.store(kv.to_bits(), Ordering::SeqCst);
     }
 
+    /// Routed here but not yet received by the batcher (a drain waits for 0).
+    pub fn pending(&self) -> usize {
+        self.pending_requests.load(Ordering::SeqCst)
+    }
+
     /// Requests on this replica, the first ranking key.
     fn load(&self) -> usize {
         self.waiting().0 + self.running()
@@ -131,8 +142,21 @@ pub struct QueueLimits {
 
 struct ModelEntry {
     limits: QueueLimits,
+    /// Every version's replicas.
     replicas: Vec<Replica>,
     affinity: Affinity,
+    deployment: Deployment,
+}
+
+impl ModelEntry {
+    fn new(name: &str, limits: QueueLimits) -> ModelEntry {
+        ModelEntry {
+            limits,
+            replicas: Vec::new(),
+            affinity: Affinity::default(),
+            deployment: Deployment::new(name),
+        }
+    }
 }
 
 /// Bounded map: prompt-prefix hash -> replica that last served it.
@@ -162,11 +186,12 @@ impl Affinity {
 
 /// Model name -> replicas, plus the request index and id counter.
 pub struct Router {
-    /// Names are fixed at start (so an unknown model differs from one still
-    /// loading); the replicas inside each entry come and go.
+    /// Names are known from start (so an unknown model differs from one
+    /// still loading); models are added by `begin_load` and removed by
+    /// `remove_model`; the replicas inside each entry come and go.
     models: RwLock<HashMap<String, Mutex<ModelEntry>>>,
-    /// Model names in configuration order.
-    names: Vec<String>,
+    /// Model names in configuration (then addition) order.
+    names: RwLock<Vec<String>>,
     next_id: AtomicU64,
     index: RequestIndex,
 }
@@ -177,17 +202,13 @@ impl Router {
         let models = models
             .into_iter()
             .map(|(name, limits)| {
-                let entry = ModelEntry {
-                    limits,
-                    replicas: Vec::new(),
-                    affinity: Affinity::default(),
-                };
+                let entry = ModelEntry::new(&name, limits);
                 (name, Mutex::new(entry))
             })
             .collect();
         Router {
             models: RwLock::new(models),
-            names,
+            names: RwLock::new(names),
             next_id: AtomicU64::new(1),
             index: Arc::new(DashMap::new()),
         }
@@ -198,7 +219,7 @@ impl Router {
     }
 
     pub fn models(&self) -> Vec<String> {
-        self.names.clone()
+        self.names.read().clone()
     }
 
     /// Adds a loaded replica of `model` (ignored for an unknown model).
@@ -214,7 +235,7 @@ impl Router {
     pub fn replicas(&self) -> Vec<(String, Replica)> {
         let models = self.models.read();
         let mut out = Vec::new();
-        for name in &self.names {
+        for name in self.names.read().iter() {
             if let Some(entry) = models.get(name) {
                 out.extend(
                     entry
@@ -228,14 +249,18 @@ impl Router {
         out
     }
 
-    /// Limits of the first ready replica of `model`.
+    /// Limits of the first ready replica of `model`'s active version (of
+    /// any version while none is active).
     pub fn model_limits(&self, model: &str) -> Option<ReplicaInfo> {
         let models = self.models.read();
         let entry = models.get(model)?.lock();
+        let active = entry.deployment.active();
+        let ready = |r: &&Replica| r.gauge.is_ready();
         entry
             .replicas
             .iter()
-            .find(|r| r.gauge.is_ready())
+            .filter(ready)
+            .find(|r| active.is_none_or(|a| r.version == a))
             .map(|r| r.info.clone())
     }
 
@@ -246,16 +271,27 @@ impl Router {
 
     /// Admission control and replica choice; queues the request on success.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle, SubmitError> {
+        self.submit_with(req, &RouteHints::default())
+    }
+
+    /// `submit` with a version pin and/or a session (canary stickiness).
+    pub fn submit_with(
+        &self,
+        req: GenerateRequest,
+        hints: &RouteHints,
+    ) -> Result<RequestHandle, SubmitError> {
         let models = self.models.read();
         let entry = models
             .get(&req.model)
             .ok_or_else(|| SubmitError::UnknownModel(req.model.clone()))?;
-        // Held until the request is reserved: check-then-reserve is atomic.
+        // Held until the request is reserved: check-then-reserve is atomic,
+        // and so is the version choice against an activation or a drain.
         let mut entry = entry.lock();
+        let version = entry.deployment.route(hints)?;
         let ready: Vec<&Replica> = entry
             .replicas
             .iter()
-            .filter(|r| r.gauge.is_ready() && r.batcher.connected())
+            .filter(|r| r.version == version && r.gauge.is_ready() && r.batcher.connected())
             .collect();
         let Some(first) = ready.first() else {
             return Err(SubmitError::NotReady(req.model.clone()));
@@ -280,25 +316,183 @@ impl Router {
         if let Some(k) = key {
             entry.affinity.put(k, chosen.id);
         }
+        chosen.gauge.reserve(req.prompt.len());
         drop(entry);
+        Ok(self.dispatch(&chosen, req))
+    }
 
+    /// Sends an internal request (the warm-up) to one replica whatever its
+    /// version's state; only the request itself is validated.
+    pub(crate) fn submit_to(
+        &self,
+        model: &str,
+        replica: ReplicaId,
+        req: GenerateRequest,
+    ) -> Result<RequestHandle, SubmitError> {
+        let models = self.models.read();
+        let entry = models
+            .get(model)
+            .ok_or_else(|| SubmitError::UnknownModel(model.to_string()))?
+            .lock();
+        let Some(chosen) = entry.replicas.iter().find(|r| r.id == replica).cloned() else {
+            return Err(SubmitError::NotReady(model.to_string()));
+        };
+        validate(&req, &chosen.info)?;
+        chosen.gauge.reserve(req.prompt.len());
+        drop(entry);
+        Ok(self.dispatch(&chosen, req))
+    }
+
+    /// Queues a reserved request on its replica's batcher.
+    fn dispatch(&self, chosen: &Replica, req: GenerateRequest) -> RequestHandle {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::SeqCst));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        chosen.gauge.reserve(req.prompt.len());
         self.index.insert(id, chosen.batcher.clone());
         let model = req.model.clone();
-        // The queue bound above is the backpressure; the mailbox need not be.
+        // The queue bound is the backpressure; the mailbox need not be.
         chosen.batcher.do_send(Submit {
             id,
             req,
             events: tx,
         });
-        Ok(RequestHandle {
+        RequestHandle {
             id,
             model,
             version: chosen.version.clone(),
             events: rx,
+        }
+    }
+
+    /// Records a version about to load (`Loading`), adding the model if it
+    /// is new; `make_active` designates it the active version at once.
+    pub fn begin_load(&self, dep: &ModelDeployment, make_active: bool) -> Result<(), ManageError> {
+        let name = &dep.spec.name;
+        let mut models = self.models.write();
+        if !models.contains_key(name) {
+            let limits = QueueLimits {
+                max_queue_requests: dep.max_queue_requests,
+                max_queue_tokens: dep.max_queue_tokens,
+            };
+            models.insert(name.clone(), Mutex::new(ModelEntry::new(name, limits)));
+            self.names.write().push(name.clone());
+        }
+        // Just ensured.
+        let Some(entry) = models.get(name) else {
+            return Err(ManageError::UnknownModel(name.clone()));
+        };
+        let mut entry = entry.lock();
+        entry.deployment.begin_load(dep)?;
+        if make_active {
+            entry.deployment.designate_active(&dep.spec.version);
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on `model`'s deployment under its lock.
+    pub fn update<R>(
+        &self,
+        model: &str,
+        f: impl FnOnce(&mut Deployment) -> R,
+    ) -> Result<R, ManageError> {
+        let models = self.models.read();
+        let entry = models
+            .get(model)
+            .ok_or_else(|| ManageError::UnknownModel(model.to_string()))?;
+        let mut entry = entry.lock();
+        Ok(f(&mut entry.deployment))
+    }
+
+    /// A copy of each model's deployment with its replicas, in model order.
+    pub fn view(&self) -> Vec<(Deployment, Vec<Replica>)> {
+        let models = self.models.read();
+        let names = self.names.read();
+        names
+            .iter()
+            .filter_map(|n| models.get(n))
+            .map(|e| {
+                let e = e.lock();
+                (e.deployment.clone(), e.replicas.clone())
+            })
+            .collect()
+    }
+
+    /// The registered replicas of one version.
+    pub fn replicas_of(&self, model: &str, version: &str) -> Vec<Replica> {
+        let models = self.models.read();
+        let Some(entry) = models.get(model) else {
+            return Vec::new();
+        };
+        let entry = entry.lock();
+        entry
+            .replicas
+            .iter()
+            .filter(|r| r.version == version)
+            .cloned()
+            .collect()
+    }
+
+    /// A model's active version is ready with a ready replica.
+    pub fn model_ready(&self, model: &str) -> bool {
+        let models = self.models.read();
+        let Some(entry) = models.get(model) else {
+            return false;
+        };
+        let entry = entry.lock();
+        let d = &entry.deployment;
+        d.is_ready()
+            && entry
+                .replicas
+                .iter()
+                .any(|r| Some(r.version.as_str()) == d.active() && r.gauge.is_ready())
+    }
+
+    /// Every model with a designated active version has it ready (a model
+    /// being added at run time, not active yet, does not count).
+    pub fn all_ready(&self) -> bool {
+        let names = self.models();
+        names.iter().all(|n| {
+            let designated = self
+                .update(n, |d| d.active().is_some() && !d.is_removing())
+                .unwrap_or(false);
+            !designated || self.model_ready(n)
         })
+    }
+
+    /// Unregisters a drained version's replicas (state `Unloaded`) if it is
+    /// still draining and nothing is on its way to them; `None` otherwise
+    /// (revived, or a request still in flight to a batcher).
+    pub fn finish_unload(&self, model: &str, version: &str) -> Option<Vec<Replica>> {
+        let models = self.models.read();
+        let mut entry = models.get(model)?.lock();
+        let mine = |r: &Replica| r.version == version;
+        if entry
+            .replicas
+            .iter()
+            .any(|r| mine(r) && r.gauge.pending() > 0)
+        {
+            return None;
+        }
+        if !entry.deployment.finish_unload(version) {
+            return None;
+        }
+        let (gone, keep) = std::mem::take(&mut entry.replicas)
+            .into_iter()
+            .partition(|r| mine(r));
+        entry.replicas = keep;
+        Some(gone)
+    }
+
+    /// Unregisters replicas (a failed load) without touching the deployment.
+    pub fn unregister(&self, model: &str, ids: &[ReplicaId]) {
+        if let Some(entry) = self.models.read().get(model) {
+            entry.lock().replicas.retain(|r| !ids.contains(&r.id));
+        }
+    }
+
+    /// Forgets a model whose versions are all unloaded.
+    pub fn forget_model(&self, model: &str) {
+        self.models.write().remove(model);
+        self.names.write().retain(|n| n != model);
     }
 }
 

@@ -6,11 +6,18 @@
 //! tokens. Samplers are the crate's real ones (greedy over a one-hot row), so
 //! the `added` / `released` protocol is checked too. Faults (error, fatal
 //! error, panic) can be armed for a chosen step.
+//!
+//! For the model-management tests: with `Control::versioned` each version is
+//! a different model (the fingerprint chain starts from a hash of the
+//! version, see `reference_v`); a load can be made to fail for a source
+//! path or to take a while; live replicas and their bytes are counted
+//! (load adds, unload and dropping the executor subtract).
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +41,30 @@ pub fn fp_step(prev: u64, tok: u32) -> u64 {
 
 /// Fingerprint of the empty context.
 pub const FP0: u64 = 0;
+/// Bytes each loaded replica reports for its weights.
+pub const WEIGHT_BYTES: u64 = 1_000_000;
+/// Bytes per KV block each loaded replica reports.
+pub const KV_BYTES_PER_BLOCK: u64 = 1_000;
+
+/// Fingerprint of the empty context of `version` (with `Control::versioned`).
+pub fn version_fp(version: &str) -> u64 {
+    let ids: Vec<u32> = version.bytes().map(u32::from).collect();
+    chain_hash(None, &ids).0
+}
+
+/// What `version` generates, unbatched (with `Control::versioned`).
+pub fn reference_v(version: &str, prompt: &[u32], max_tokens: usize) -> Vec<u32> {
+    let mut fp = prompt
+        .iter()
+        .fold(version_fp(version), |f, &t| fp_step(f, t));
+    let mut out = Vec::new();
+    for _ in 0..max_tokens {
+        let t = next_token(fp);
+        out.push(t);
+        fp = fp_step(fp, t);
+    }
+    out
+}
 
 pub fn next_token(fp: u64) -> u32 {
     (fp % VOCAB as u64) as u32
@@ -97,6 +128,15 @@ pub struct Control {
     faults: Mutex<Vec<(u64, Fault)>>,
     /// The sequences of each faulted step.
     pub faulted: Mutex<Vec<Vec<SeqId>>>,
+    /// Each version is a different model (tokens depend on the version).
+    pub versioned: AtomicBool,
+    /// Sleep per load.
+    pub load_delay_ms: AtomicU64,
+    /// Sources whose load fails.
+    failing: Mutex<Vec<PathBuf>>,
+    /// Replicas loaded and not unloaded, over all executors, and their bytes.
+    pub live_replicas: AtomicU64,
+    pub live_bytes: AtomicU64,
 }
 
 impl Control {
@@ -109,12 +149,32 @@ impl Control {
     pub fn delay(&self, ms: u64) {
         self.step_delay_ms.store(ms, Ordering::SeqCst);
     }
+
+    /// Loads of `source` fail from now on.
+    pub fn fail_source(&self, source: &Path) {
+        self.failing.lock().push(source.to_path_buf());
+    }
+
+    /// (live replicas, their bytes).
+    pub fn live(&self) -> (u64, u64) {
+        (
+            self.live_replicas.load(Ordering::SeqCst),
+            self.live_bytes.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// A loaded replica of the fake.
+struct Loaded {
+    block_size: usize,
+    /// Fingerprint of the empty context.
+    fp0: u64,
+    bytes: u64,
 }
 
 pub struct FakeExec {
     ctl: Arc<Control>,
-    /// Block size of each loaded replica.
-    replicas: HashMap<ReplicaId, usize>,
+    replicas: HashMap<ReplicaId, Loaded>,
     /// (replica, flat slot) -> (token, fingerprint of the prefix ending there).
     kv: HashMap<(ReplicaId, u64), (u32, u64)>,
     samplers: HashMap<(ReplicaId, SeqId), Sampler>,
@@ -132,10 +192,53 @@ impl FakeExec {
     }
 }
 
+impl FakeExec {
+    fn forget(&self, old: Loaded) {
+        self.ctl.live_replicas.fetch_sub(1, Ordering::SeqCst);
+        self.ctl.live_bytes.fetch_sub(old.bytes, Ordering::SeqCst);
+    }
+}
+
+/// A replaced (restarted) executor's replicas are gone with it.
+impl Drop for FakeExec {
+    fn drop(&mut self) {
+        for (_, old) in std::mem::take(&mut self.replicas) {
+            self.forget(old);
+        }
+    }
+}
+
 impl Executor for FakeExec {
     /// `kv_budget_bytes` is read as a block count.
     fn load(&mut self, replica: ReplicaId, spec: &ModelSpec) -> Result<ReplicaInfo, ExecError> {
-        self.replicas.insert(replica, spec.block_size);
+        let delay = self.ctl.load_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        if self.ctl.failing.lock().contains(&spec.source) {
+            return Err(ExecError::new(format!(
+                "cannot read {}: injected load failure",
+                spec.source.display()
+            )));
+        }
+        let kv_bytes = spec.kv_budget_bytes * KV_BYTES_PER_BLOCK;
+        let fp0 = if self.ctl.versioned.load(Ordering::SeqCst) {
+            version_fp(&spec.version)
+        } else {
+            FP0
+        };
+        let loaded = Loaded {
+            block_size: spec.block_size,
+            fp0,
+            bytes: WEIGHT_BYTES + kv_bytes,
+        };
+        self.ctl.live_replicas.fetch_add(1, Ordering::SeqCst);
+        self.ctl
+            .live_bytes
+            .fetch_add(loaded.bytes, Ordering::SeqCst);
+        if let Some(old) = self.replicas.insert(replica, loaded) {
+            self.forget(old);
+        }
         Ok(ReplicaInfo {
             decoder: Arc::new(FakeDecoder),
             num_blocks: spec.kv_budget_bytes as usize,
@@ -143,13 +246,17 @@ impl Executor for FakeExec {
             vocab_size: EOS as usize + 1,
             max_context: spec.max_context.unwrap_or(4096),
             eos_token_ids: vec![EOS],
-            weight_bytes: 0,
-            kv_bytes: 0,
+            weight_bytes: WEIGHT_BYTES,
+            kv_bytes,
         })
     }
 
     fn unload(&mut self, replica: ReplicaId) {
-        self.replicas.remove(&replica);
+        if let Some(old) = self.replicas.remove(&replica) {
+            self.forget(old);
+        }
+        self.kv.retain(|(r, _), _| *r != replica);
+        self.samplers.retain(|(r, _), _| *r != replica);
     }
 
     fn step(&mut self, replica: ReplicaId, req: &StepRequest) -> Result<StepResult, ExecError> {
@@ -176,9 +283,10 @@ impl Executor for FakeExec {
                 Fault::Panic => panic!("injected panic"),
             }
         }
-        let bs = *self
+        let (bs, fp0) = self
             .replicas
             .get(&replica)
+            .map(|l| (l.block_size, l.fp0))
             .ok_or_else(|| ExecError::new("unknown replica"))?;
         for id in &req.released {
             self.samplers.remove(&(replica, *id));
@@ -198,7 +306,7 @@ impl Executor for FakeExec {
                     .ok_or_else(|| ExecError::new("block table too short"))?;
                 Ok(b.0 as u64 * bs as u64 + (p % bs) as u64)
             };
-            let mut fp = FP0;
+            let mut fp = fp0;
             for p in 0..s.start_pos {
                 let &(tok, stored) = self
                     .kv
