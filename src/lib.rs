@@ -14,6 +14,10 @@
 //! state it drives (scheduler, block manager) live in the `inferd-actors` crate,
 //! which does not depend on libtorch.
 
+pub mod api;
+pub mod bench;
+pub mod config;
 pub mod exec;
 pub mod generate;
 pub mod model;
+pub mod ui;

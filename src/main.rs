@@ -1,12 +1,21 @@
-//! The `inferd` command line: `inferd generate` runs one prompt through a
-//! model and streams the text to stdout.
+//! The `inferd` command line: `inferd serve` runs the HTTP API over the
+//! actor engine (config in TOML, see `config/default.toml`); `inferd
+//! generate` runs one prompt through a model and streams the text to stdout.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use inferd::api::codec::{Codec, TokenizerCodec};
+use inferd::api::engine_backend::EngineBackend;
+use inferd::api::AppState;
+use inferd::config::Config;
+use inferd::exec::executor::TchExecutor;
 use inferd::exec::sampler::SamplingParams;
 use inferd::generate::{generate, GenerateRequest};
 use inferd::model::chat_template::ChatMessage;
@@ -14,7 +23,11 @@ use inferd::model::{source, Model, Placement};
 use tch::{Device, Kind};
 
 #[derive(Parser)]
-#[command(name = "inferd", version, about = "An actor-system LLM serving engine on libtorch")]
+#[command(
+    name = "inferd",
+    version,
+    about = "An actor-system LLM serving engine on libtorch"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,8 +35,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API (OpenAI, TGI, WebSocket) over the engine.
+    Serve(ServeArgs),
     /// Generate text for one prompt, streaming it to stdout.
     Generate(GenerateArgs),
+    /// Benchmark an OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
+    Bench(inferd::bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The server config (TOML).
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+    /// Overrides [server] host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Overrides [server] port (0 = any free port; the bound address is printed).
+    #[arg(long)]
+    port: Option<u16>,
+    /// Exit when stdin reaches end of file (tests: the server dies with its parent).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -83,12 +116,17 @@ fn parse_device(s: &str) -> Result<Device> {
         return Ok(Device::Cpu);
     }
     if let Some(n) = s.strip_prefix("cuda:") {
-        let n: usize = n.parse().with_context(|| format!("--device: bad CUDA index in {s:?}"))?;
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("--device: bad CUDA index in {s:?}"))?;
         if !tch::Cuda::is_available() {
             bail!("--device {s}: CUDA is not available on this machine");
         }
         if n as i64 >= tch::Cuda::device_count() {
-            bail!("--device {s}: only {} CUDA device(s)", tch::Cuda::device_count());
+            bail!(
+                "--device {s}: only {} CUDA device(s)",
+                tch::Cuda::device_count()
+            );
         }
         return Ok(Device::Cuda(n));
     }
@@ -99,10 +137,25 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
     let t0 = Instant::now();
     let files = source::open(&a.model)?;
-    let model = Model::from_source(&files.config, files.weights.as_ref(), Placement { device, kind: a.dtype.kind() }, None)?;
+    let model = Model::from_source(
+        &files.config,
+        files.weights.as_ref(),
+        Placement {
+            device,
+            kind: a.dtype.kind(),
+        },
+        None,
+    )?;
     drop(files.weights);
     let tok = files.tokenizer;
-    eprintln!("loaded {} ({:?}, {} layers) on {} in {:.2}s", a.model.display(), model.config().arch, model.config().num_layers, a.device, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded {} ({:?}, {} layers) on {} in {:.2}s",
+        a.model.display(),
+        model.config().arch,
+        model.config().num_layers,
+        a.device,
+        t0.elapsed().as_secs_f64()
+    );
     let prompt_ids = match (&a.prompt, &a.chat) {
         (Some(p), _) => tok.encode(p, true)?,
         (None, Some(c)) => {
@@ -119,14 +172,22 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     let req = GenerateRequest {
         prompt_ids,
         max_tokens: a.max_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_p: a.top_p, top_k: a.top_k, seed: a.seed, ..SamplingParams::default() },
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_p: a.top_p,
+            top_k: a.top_k,
+            seed: a.seed,
+            ..SamplingParams::default()
+        },
         ignore_eos: false,
         stop: a.stop,
     };
     let mut stdout = std::io::stdout();
     let out = generate(&model, &tok, &req, |piece| {
         // A closed stdout (e.g. `| head`) is not worth a panic; ignore it.
-        let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+        let _ = stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush());
     })?;
     println!();
     println!(
@@ -141,9 +202,72 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// How long `serve` waits for the models to load before reporting it.
+const LOAD_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn run_serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = Config::load(&a.config)?;
+    if a.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            std::process::exit(0);
+        });
+    }
+    if let Some(h) = a.host {
+        cfg.server.host = h;
+    }
+    if let Some(p) = a.port {
+        cfg.server.port = p;
+    }
+    // The edge tokenizes prompts itself: one tokenizer per served model.
+    let mut codecs: HashMap<String, Arc<dyn Codec>> = HashMap::new();
+    let mut versions = HashMap::new();
+    for (name, version, v) in cfg.active() {
+        let files = source::open(&v.source).with_context(|| {
+            format!("model `{name}` ({version}): opening {}", v.source.display())
+        })?;
+        codecs.insert(
+            name.to_string(),
+            Arc::new(TokenizerCodec(Arc::new(files.tokenizer))),
+        );
+        versions.insert(name.to_string(), version.to_string());
+    }
+    let listener = TcpListener::bind((cfg.server.host.as_str(), cfg.server.port))
+        .with_context(|| format!("binding {}:{}", cfg.server.host, cfg.server.port))?;
+    let engine_config = cfg.engine_config();
+    let default_model = cfg.default_model().map(str::to_string);
+    let max_body = cfg.server.max_body_bytes;
+    let data_dir = cfg.server.data_dir.clone();
+    let batch_concurrency = cfg.server.batch_concurrency;
+    actix_rt::System::new().block_on(async move {
+        let factory: inferd_actors::engine::ExecutorFactory<TchExecutor> =
+            Arc::new(|device: &str| TchExecutor::new(device));
+        let engine = inferd_actors::engine::Engine::start(engine_config, factory);
+        let watcher = engine.clone();
+        actix_rt::spawn(async move {
+            let t0 = Instant::now();
+            match watcher.wait_ready(LOAD_REPORT_AFTER).await {
+                Ok(()) => eprintln!("models ready in {:.1}s", t0.elapsed().as_secs_f64()),
+                Err(e) => eprintln!("models failed to load: {e}"),
+            }
+        });
+        let backend = Arc::new(EngineBackend::new(engine, versions));
+        inferd::api::serve(
+            listener,
+            AppState::new(backend, codecs, default_model, max_body),
+            &data_dir,
+            batch_concurrency,
+        )
+        .await
+    })?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => run_serve(a),
         Command::Generate(a) => run_generate(a),
+        Command::Bench(a) => inferd::bench::run(a),
     }
 }

@@ -2,6 +2,8 @@
 //! block allocator that hands out scattered block ids so paging is exercised.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 
 use inferd::model::{loader::safetensors::SafetensorsWeights, hf_config, Model, Placement, SeqInput};

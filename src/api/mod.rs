@@ -1,0 +1,268 @@
+//! The HTTP API (actix-web): OpenAI-compatible `/v1/completions`,
+//! `/v1/chat/completions` and `/v1/models`, TGI-compatible `/generate`,
+//! `/generate_stream` (and `POST /`, which the `text-generation` client
+//! calls), the `/v1/ws` WebSocket, `/health`, `/ready` and `/stats`.
+//!
+//! Module map: [`backend`] (the engine as handlers see it), [`codec`] (a
+//! model's tokenizer at the edge), [`validate`] (raw JSON -> typed request),
+//! [`errors`] (one error enum, two wire shapes), [`openai`] / [`tgi`] /
+//! [`ws`] (handlers), [`sse`] (event framing), [`request_id`] (middleware).
+//! This file holds the shared state, the app builder and the server start.
+
+pub mod backend;
+pub mod batches;
+pub mod codec;
+pub mod engine_backend;
+pub mod errors;
+#[cfg(test)]
+pub mod fake;
+pub mod openai;
+mod openai_stream;
+pub mod openai_types;
+pub mod request_id;
+pub mod sse;
+pub mod tgi;
+pub mod validate;
+pub mod ws;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::web::{self, Bytes, BytesMut};
+use actix_web::{middleware, App, HttpRequest, HttpResponse, HttpServer};
+use futures_util::StreamExt;
+use inferd_actors::request::{Event, Finish, GenerateRequest, Usage};
+use serde_json::json;
+
+use self::backend::{Backend, Generation};
+use self::codec::Codec;
+use self::errors::{ApiError, OpenAiError};
+use self::openai_types::{ModelList, ModelObject};
+use self::request_id::VERSION_HEADER;
+use self::validate::ModelCtx;
+
+/// What every handler shares.
+pub struct AppState {
+    pub backend: Arc<dyn Backend>,
+    /// Per served model name, its tokenizer (prompts are encoded at the edge).
+    pub codecs: HashMap<String, Arc<dyn Codec>>,
+    /// The model of routes that name none (TGI's).
+    pub default_model: Option<String>,
+    pub max_body_bytes: usize,
+    /// Unix seconds at start (`created` of `/v1/models`).
+    pub started: u64,
+}
+
+impl AppState {
+    pub fn new(backend: Arc<dyn Backend>, codecs: HashMap<String, Arc<dyn Codec>>, default_model: Option<String>, max_body_bytes: usize) -> AppState {
+        AppState { backend, codecs, default_model, max_body_bytes, started: unix_now() }
+    }
+
+    /// The codec and limits of a served model: 404 if unknown, 503 while
+    /// its limits are not known (still loading).
+    pub fn model_ctx(&self, name: &str) -> Result<ModelCtx, ApiError> {
+        let codec = self.codecs.get(name).ok_or_else(|| ApiError::UnknownModel(name.to_string()))?;
+        let limits = self.backend.limits(name).ok_or_else(|| ApiError::NotReady(format!("model `{name}` is not ready")))?;
+        Ok(ModelCtx { codec: codec.clone(), limits })
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A fresh response id with OpenAI's prefix (`cmpl-`, `chatcmpl-`).
+pub fn response_id(prefix: &str) -> String {
+    format!("{prefix}{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// The request body, refusing more than `limit` bytes (413) before reading it all.
+pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadJson { param: None, message: format!("reading the body failed: {e}") })?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Submit every request; if one is refused, the ones already admitted are
+/// dropped (which cancels them) and the refusal is returned.
+pub async fn submit_all(backend: &dyn Backend, reqs: Vec<GenerateRequest>) -> Result<Vec<Generation>, ApiError> {
+    let mut gens = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        gens.push(backend.submit(r).await?);
+    }
+    Ok(gens)
+}
+
+/// One generated token as the responses report it.
+#[derive(Debug, Clone)]
+pub struct TokenOut {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// A whole generation, read to its end.
+#[derive(Debug, Clone)]
+pub struct Collected {
+    pub text: String,
+    pub tokens: Vec<TokenOut>,
+    pub finish: Finish,
+    pub usage: Usage,
+    pub seed: u64,
+}
+
+/// Read `g` to its final event.
+pub async fn collect(mut g: Generation) -> Result<Collected, ApiError> {
+    let (mut text, mut tokens) = (String::new(), Vec::new());
+    while let Some(ev) = g.next().await {
+        match ev {
+            Event::Token { token, text: piece, logprob, top_logprobs } => {
+                text.push_str(&piece);
+                tokens.push(TokenOut { id: token, text: piece, logprob, top: top_logprobs });
+            }
+            Event::Done { finish, usage, seed, .. } => return Ok(Collected { text, tokens, finish, usage, seed }),
+            Event::Error { message } => return Err(ApiError::Generation(message)),
+        }
+    }
+    Err(ApiError::Generation("the stream ended without a result".to_string()))
+}
+
+/// Read every generation concurrently, in order.
+pub async fn collect_all(gens: Vec<Generation>) -> Result<Vec<Collected>, ApiError> {
+    futures_util::future::join_all(gens.into_iter().map(collect)).await.into_iter().collect()
+}
+
+/// OpenAI's finish_reason.
+pub fn openai_finish(f: Finish) -> &'static str {
+    match f {
+        Finish::Eos | Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let models: Vec<_> = state.backend.models().into_iter().map(|m| json!({"model": m.name, "version": m.version, "ready": m.ready})).collect();
+    let ok = state.backend.is_ready();
+    let body = json!({"ready": ok, "models": models});
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Engine counters per replica (tests and operators).
+async fn stats(state: web::Data<AppState>) -> HttpResponse {
+    let replicas: Vec<_> = state
+        .backend
+        .stats()
+        .await
+        .into_iter()
+        .map(|s| {
+            json!({"model": s.model, "version": s.version, "device": s.device, "running": s.running, "waiting": s.waiting,
+                   "kv_usage": s.kv_usage, "num_blocks": s.num_blocks, "free_blocks": s.free_blocks,
+                   "prefix_query_tokens": s.prefix_query_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
+                   "preemptions": s.preemptions, "steps": s.steps})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"replicas": replicas}))
+}
+
+fn model_object(state: &AppState, m: backend::ModelInfo) -> ModelObject {
+    ModelObject { id: m.name, object: "model", created: state.started, owned_by: "inferd", version: m.version, ready: m.ready }
+}
+
+async fn list_models(state: web::Data<AppState>) -> HttpResponse {
+    let data = state.backend.models().into_iter().map(|m| model_object(&state, m)).collect();
+    HttpResponse::Ok().json(ModelList { object: "list", data })
+}
+
+async fn get_model(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, OpenAiError> {
+    let name = path.into_inner();
+    let m = state.backend.models().into_iter().find(|m| m.name == name).ok_or(ApiError::UnknownModel(name))?;
+    let version = m.version.clone();
+    Ok(HttpResponse::Ok().insert_header((VERSION_HEADER, version)).json(model_object(&state, m)))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, OpenAiError> {
+    Err(ApiError::NoRoute(format!("{} {}", req.method(), req.path())).into())
+}
+
+/// Register every route of the API on `cfg`, sharing `state`.
+pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
+    cfg.app_data(state)
+        .route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/stats", web::get().to(stats))
+        .route("/v1/models", web::get().to(list_models))
+        .route("/v1/models/{id:.*}", web::get().to(get_model))
+        .route("/v1/completions", web::post().to(openai::completions))
+        .route("/v1/chat/completions", web::post().to(openai::chat_completions))
+        .route("/generate", web::post().to(tgi::generate))
+        .route("/generate_stream", web::post().to(tgi::generate_stream))
+        .route("/", web::post().to(tgi::compat))
+        .route("/info", web::get().to(tgi::info))
+        .route("/v1/ws", web::get().to(ws::socket));
+    // The batch routes use the `web::Data<batches::BatchService>` that
+    // `serve` registers.
+    batches::configure(cfg);
+}
+
+/// The app: routes plus the request-id middleware and the JSON 404.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<impl actix_web::dev::ServiceFactory<actix_web::dev::ServiceRequest, Config = (), Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error, InitError = ()>> {
+    App::new()
+        .wrap(middleware::from_fn(request_id::request_id))
+        .configure(|cfg| configure(cfg, state))
+        .configure(crate::ui::configure)
+        .default_service(web::to(not_found))
+}
+
+/// Batch-job lines run through the same OpenAI code path as HTTP callers,
+/// at batch priority.
+fn batch_executor(state: web::Data<AppState>) -> batches::LineExecutor {
+    Arc::new(move |line: batches::BatchLine| {
+        let state = state.clone();
+        Box::pin(async move {
+            let request_id = format!("batch-{}", line.custom_id);
+            let (status_code, body) = openai::run_batch_line(&state, &line.url, &line.body, &request_id).await;
+            batches::LineOutcome { status_code, body }
+        })
+    })
+}
+
+/// Serve on `listener` until the process is asked to stop. Prints
+/// `listening on http://ADDR` on stdout once bound (tests read it). Batch
+/// jobs are kept in `data_dir/batches.redb`; unfinished ones resume.
+pub async fn serve(listener: TcpListener, state: AppState, data_dir: &std::path::Path, batch_concurrency: usize) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    let state = web::Data::new(state);
+    std::fs::create_dir_all(data_dir)?;
+    let db = data_dir.join("batches.redb");
+    let jobs = batches::BatchService::open(&db, batch_executor(state.clone()), batch_concurrency)
+        .map_err(|e| std::io::Error::other(format!("opening {}: {e}", db.display())))?;
+    let jobs = web::Data::new(jobs);
+    let server = HttpServer::new(move || app(state.clone()).app_data(jobs.clone())).listen(listener)?.run();
+    println!("listening on http://{addr}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    server.await
+}

@@ -1,0 +1,385 @@
+//! The server's TOML configuration (`inferd serve --config FILE`): the
+//! `[server]` table (address, body limit, default model) and one
+//! `[models.<name>]` table per served model, which names its `active`
+//! version and lists its versions under `[models.<name>.versions.<v>]`
+//! (source, dtype, devices, KV budget and scheduler / admission limits).
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) and every check names
+//! the offending key, so a typo fails at start instead of being ignored.
+//! A relative `source` path is resolved against the directory holding the
+//! config file (so `config/default.toml` says `../weights/...`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use inferd_actors::engine::{EngineConfig, ModelDeployment};
+use inferd_actors::executor::ModelSpec;
+use serde::Deserialize;
+
+/// Default bind address (loopback: exposing the server is a deliberate act).
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_PORT: u16 = 8080;
+/// Largest request body accepted (413 beyond it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A config that cannot be served, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: `{key}` {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port (tests); the bound address is printed on stdout.
+    pub port: u16,
+    pub max_body_bytes: usize,
+    /// Model used by the routes that name none (TGI's); defaults to the
+    /// first model in name order.
+    pub default_model: Option<String>,
+    /// Where the server keeps its state (batch-job database, persisted
+    /// routing). Relative paths resolve against the config file's directory.
+    pub data_dir: PathBuf,
+    /// Batch-job lines run at once (process-wide).
+    pub batch_concurrency: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: DEFAULT_HOST.to_string(),
+            port: DEFAULT_PORT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            default_model: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+        }
+    }
+}
+
+/// Default state directory, relative to the config file.
+const DEFAULT_DATA_DIR: &str = "../data";
+/// Default number of batch-job lines in flight.
+const DEFAULT_BATCH_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The version that serves traffic.
+    pub active: String,
+    pub versions: BTreeMap<String, VersionConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionConfig {
+    /// A .gguf file or a Hugging Face folder.
+    pub source: PathBuf,
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    #[serde(default = "default_devices")]
+    pub devices: Vec<String>,
+    /// KV pool per replica, in MiB.
+    #[serde(default = "default_kv_cache_mb")]
+    pub kv_cache_mb: u64,
+    #[serde(default = "default_block_size")]
+    pub block_size: usize,
+    #[serde(default = "default_max_num_seqs")]
+    pub max_num_seqs: usize,
+    #[serde(default = "default_max_batched_tokens")]
+    pub max_batched_tokens: usize,
+    /// Cap on prompt + output (the model's own limit applies anyway).
+    #[serde(default)]
+    pub max_context: Option<usize>,
+    #[serde(default = "default_max_queue_requests")]
+    pub max_queue_requests: usize,
+    #[serde(default = "default_max_queue_tokens")]
+    pub max_queue_tokens: usize,
+    #[serde(default = "default_true")]
+    pub prefix_caching: bool,
+}
+
+fn default_dtype() -> String {
+    "bf16".to_string()
+}
+fn default_devices() -> Vec<String> {
+    vec!["cpu".to_string()]
+}
+fn default_kv_cache_mb() -> u64 {
+    256
+}
+fn default_block_size() -> usize {
+    16
+}
+fn default_max_num_seqs() -> usize {
+    32
+}
+fn default_max_batched_tokens() -> usize {
+    2048
+}
+fn default_max_queue_requests() -> usize {
+    256
+}
+fn default_max_queue_tokens() -> usize {
+    256 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Read, parse, resolve relative sources and check `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse `text`, resolving relative sources against `base`, and check it.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        if cfg.server.data_dir.is_relative() {
+            cfg.server.data_dir = base.join(&cfg.server.data_dir);
+        }
+        for model in cfg.models.values_mut() {
+            for v in model.versions.values_mut() {
+                if v.source.is_relative() {
+                    v.source = base.join(&v.source);
+                }
+            }
+        }
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(invalid("models", "must list at least one model"));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(invalid("server.max_body_bytes", "must be positive"));
+        }
+        if self.server.batch_concurrency == 0 {
+            return Err(invalid("server.batch_concurrency", "must be positive"));
+        }
+        if let Some(d) = &self.server.default_model {
+            if !self.models.contains_key(d) {
+                return Err(invalid(
+                    "server.default_model",
+                    format!("names `{d}`, which is not under [models]"),
+                ));
+            }
+        }
+        for (name, m) in &self.models {
+            if !m.versions.contains_key(&m.active) {
+                return Err(invalid(
+                    format!("models.{name}.active"),
+                    format!(
+                        "names version `{}`, which is not under [models.{name}.versions]",
+                        m.active
+                    ),
+                ));
+            }
+            for (ver, v) in &m.versions {
+                v.check(&format!("models.{name}.versions.{ver}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model answering routes that name none.
+    pub fn default_model(&self) -> Option<&str> {
+        self.server
+            .default_model
+            .as_deref()
+            .or_else(|| self.models.keys().next().map(String::as_str))
+    }
+
+    /// The engine's configuration: the active version of every model, and
+    /// one worker per device any of them names.
+    pub fn engine_config(&self) -> EngineConfig {
+        let mut devices: Vec<String> = Vec::new();
+        let mut models = Vec::new();
+        for (name, version, v) in self.active() {
+            for d in &v.devices {
+                if !devices.contains(d) {
+                    devices.push(d.clone());
+                }
+            }
+            let spec = ModelSpec {
+                name: name.to_string(),
+                version: version.to_string(),
+                source: v.source.clone(),
+                dtype: v.dtype.clone(),
+                kv_budget_bytes: v.kv_cache_mb << 20,
+                block_size: v.block_size,
+                max_context: v.max_context,
+            };
+            models.push(ModelDeployment {
+                spec,
+                devices: v.devices.clone(),
+                max_num_seqs: v.max_num_seqs,
+                max_batched_tokens: v.max_batched_tokens,
+                enable_prefix_caching: v.prefix_caching,
+                max_queue_requests: v.max_queue_requests,
+                max_queue_tokens: v.max_queue_tokens,
+            });
+        }
+        EngineConfig { devices, models }
+    }
+
+    /// The active version of every model: (name, version label, settings).
+    pub fn active(&self) -> impl Iterator<Item = (&str, &str, &VersionConfig)> {
+        self.models.iter().filter_map(|(name, m)| {
+            m.versions
+                .get(&m.active)
+                .map(|v| (name.as_str(), m.active.as_str(), v))
+        })
+    }
+}
+
+impl VersionConfig {
+    fn check(&self, at: &str) -> Result<(), ConfigError> {
+        if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
+            return Err(invalid(
+                format!("{at}.dtype"),
+                format!("must be f32, bf16 or f16, got {:?}", self.dtype),
+            ));
+        }
+        if self.devices.is_empty() {
+            return Err(invalid(
+                format!("{at}.devices"),
+                "must list at least one device",
+            ));
+        }
+        for d in &self.devices {
+            let ok = d == "cpu"
+                || d.strip_prefix("cuda:")
+                    .is_some_and(|n| n.parse::<usize>().is_ok());
+            if !ok {
+                return Err(invalid(
+                    format!("{at}.devices"),
+                    format!("must hold \"cpu\" or \"cuda:N\", got {d:?}"),
+                ));
+            }
+        }
+        let positive: [(&str, u64); 6] = [
+            ("kv_cache_mb", self.kv_cache_mb),
+            ("block_size", self.block_size as u64),
+            ("max_num_seqs", self.max_num_seqs as u64),
+            ("max_batched_tokens", self.max_batched_tokens as u64),
+            ("max_queue_requests", self.max_queue_requests as u64),
+            ("max_queue_tokens", self.max_queue_tokens as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(format!("{at}.{key}"), "must be positive"));
+            }
+        }
+        if self.max_context == Some(0) {
+            return Err(invalid(format!("{at}.max_context"), "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OK: &str = r#"
+[server]
+port = 0
+[models.m]
+active = "v1"
+[models.m.versions.v1]
+source = "w/model.gguf"
+"#;
+
+    #[test]
+    fn defaults_and_relative_source() {
+        let cfg = Config::parse(OK, Path::new("/etc/inferd")).unwrap();
+        assert_eq!(cfg.server.host, DEFAULT_HOST);
+        assert_eq!(cfg.server.port, 0);
+        assert_eq!(cfg.default_model(), Some("m"));
+        let (name, ver, v) = cfg.active().next().unwrap();
+        assert_eq!((name, ver), ("m", "v1"));
+        assert_eq!(v.source, PathBuf::from("/etc/inferd/w/model.gguf"));
+        assert_eq!(v.dtype, "bf16");
+        assert_eq!(v.devices, vec!["cpu".to_string()]);
+        assert!(v.prefix_caching);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let text = OK.replace("port = 0", "port = 0\nprot = 1");
+        let err = Config::parse(&text, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            (
+                OK.replace("active = \"v1\"", "active = \"v2\""),
+                "models.m.active",
+            ),
+            (
+                format!("{OK}dtype = \"int3\"\n"),
+                "models.m.versions.v1.dtype",
+            ),
+            (
+                format!("{OK}devices = [\"tpu\"]\n"),
+                "models.m.versions.v1.devices",
+            ),
+            (
+                format!("{OK}block_size = 0\n"),
+                "models.m.versions.v1.block_size",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(&text, Path::new("."))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}
