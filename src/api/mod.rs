@@ -1,7 +1,8 @@
 //! The HTTP API (actix-web): OpenAI-compatible `/v1/completions`,
 //! `/v1/chat/completions` and `/v1/models`, TGI-compatible `/generate`,
 //! `/generate_stream` (and `POST /`, which the `text-generation` client
-//! calls), the `/v1/ws` WebSocket, `/health`, `/ready` and `/stats`.
+//! calls), the `/v1/ws` WebSocket, `/health` (= `/health/live`), `/ready`
+//! (= `/health/ready`) and `/stats`.
 //!
 //! Module map: [`backend`] (the engine as handlers see it), [`codec`] (a
 //! model's tokenizer at the edge), [`validate`] (raw JSON -> typed request),
@@ -209,7 +210,9 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, OpenAiError> {
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     cfg.app_data(state)
         .route("/health", web::get().to(health))
+        .route("/health/live", web::get().to(health))
         .route("/ready", web::get().to(ready))
+        .route("/health/ready", web::get().to(ready))
         .route("/stats", web::get().to(stats))
         .route("/v1/models", web::get().to(list_models))
         .route("/v1/models/{id:.*}", web::get().to(get_model))
