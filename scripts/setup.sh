@@ -21,35 +21,29 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 bash "$ROOT/scripts/setup-system.sh"   # nginx + prometheus for tests/deploy_live.rs (deploy issue)
 
-# --- 1. python venv with torch + reference tools -----------------------------
-stamp="$VENV/.inferd-reqs-$(sha256sum "$PY_REQS" | cut -c1-16)"
-if [[ ! -f "$stamp" ]]; then
-  log "creating venv in $VENV (torch 2.11.0 wheel is large; first time only)"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -r "$PY_REQS"
-  rm -f "$VENV"/.inferd-reqs-*
+# ensure_venv DIR REQUIREMENTS WHAT: (re)create a venv when its requirements
+# file changed; a stamp named after the file's hash marks it up to date.
+ensure_venv() {
+  local dir=$1 reqs=$2 what=$3
+  local stamp="$dir/.inferd-reqs-$(sha256sum "$reqs" | cut -c1-16)"
+  if [[ -f "$stamp" ]]; then
+    log "$what up to date ($dir)"
+    return
+  fi
+  log "creating $what in $dir"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --upgrade pip
+  "$dir/bin/pip" install --quiet -r "$reqs"
+  rm -f "$dir"/.inferd-reqs-*
   touch "$stamp"
-else
-  log "venv up to date ($VENV)"
-fi
-TORCH_DIR="$("$VENV/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+}
 
-# --- 1b. python venv with the real API clients (tests/clients/) -------------
-# Separate from the main venv: text-generation pins an old huggingface-hub.
-CLIENTS_VENV="$CACHE/clients-venv"
-CLIENT_REQS="$ROOT/scripts/requirements-clients.txt"
-stamp="$CLIENTS_VENV/.inferd-reqs-$(sha256sum "$CLIENT_REQS" | cut -c1-16)"
-if [[ ! -f "$stamp" ]]; then
-  log "creating the API clients venv in $CLIENTS_VENV"
-  python3 -m venv "$CLIENTS_VENV"
-  "$CLIENTS_VENV/bin/pip" install --quiet --upgrade pip
-  "$CLIENTS_VENV/bin/pip" install --quiet -r "$CLIENT_REQS"
-  rm -f "$CLIENTS_VENV"/.inferd-reqs-*
-  touch "$stamp"
-else
-  log "clients venv up to date ($CLIENTS_VENV)"
-fi
+# --- 1. python venvs -----------------------------------------------------------
+# torch + the reference tools (the torch 2.11.0 wheel is large; first time only).
+ensure_venv "$VENV" "$PY_REQS" "the torch venv"
+TORCH_DIR="$("$VENV/bin/python" -c 'import torch,os;print(os.path.dirname(torch.__file__))')"
+# The real API clients (tests/clients/), apart: text-generation pins an old huggingface-hub.
+ensure_venv "$CACHE/clients-venv" "$ROOT/scripts/requirements-clients.txt" "the API clients venv"
 
 # --- 2. cargo -> libtorch ------------------------------------------------------
 mkdir -p "$ROOT/.cargo"
