@@ -583,16 +583,19 @@ impl Handler<WorkerLost> for Batcher {
 
     fn handle(&mut self, msg: WorkerLost, _: &mut Self::Context) {
         self.paused = true;
+        self.fail_all(&format!("replica lost: {}", msg.message));
+    }
+}
+
+impl Batcher {
+    /// Take the replica out of service: every live request ends with
+    /// `message` and its blocks are freed now.
+    fn fail_all(&mut self, message: &str) {
         self.setup.gauge.set_ready(false);
         let ids: Vec<SeqId> = self.live.keys().copied().collect();
         for id in ids {
             self.sched.abort(id);
-            self.end(
-                id,
-                Some(Event::Error {
-                    message: format!("replica lost: {}", msg.message),
-                }),
-            );
+            self.end(id, Some(Event::Error { message: message.to_string() }));
         }
         self.publish();
     }
@@ -602,18 +605,7 @@ impl Handler<Shutdown> for Batcher {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        self.setup.gauge.set_ready(false);
-        let ids: Vec<SeqId> = self.live.keys().copied().collect();
-        for id in ids {
-            self.sched.abort(id);
-            self.end(
-                id,
-                Some(Event::Error {
-                    message: "the model version was unloaded".into(),
-                }),
-            );
-        }
-        self.publish();
+        self.fail_all("the model version was unloaded");
         ctx.stop();
     }
 }
