@@ -5,7 +5,8 @@
 //! client sees it), mean time to first token, and at batch 64 the fraction
 //! of step time spent outside the model forward (the engine's own overhead:
 //! scheduling, sampling, messages). Prints a table and writes
-//! benches/results/engine.json; benches/transformers_engine.py runs the same
+//! benches/results/engine-<dtype>.json (INFERD_BENCH_DTYPE, default bf16;
+//! INFERD_BENCH_LEVELS=1,4 runs a subset); benches/transformers_engine.py runs the same
 //! workload through transformers for the ratios.
 //!
 //! A plain `main` (harness = false): one run per level is long enough on 2
@@ -31,8 +32,10 @@ const MODEL: &str = "smollm2";
 const PROMPT_TOKENS: usize = 128;
 const OUTPUT_TOKENS: usize = 128;
 const LEVELS: [usize; 4] = [1, 4, 16, 64];
-/// bf16 KV for 64 sequences of 256 positions is 64 * 16 blocks; room to spare.
-const KV_BUDGET_BYTES: u64 = 512 << 20;
+/// 64 sequences of 256 positions hold 16k positions of 30 layers x 2 x 3 KV
+/// heads x 64: 377 MiB in bf16, 754 MiB in f32. Room to spare, so nothing is
+/// preempted and both dtypes do the same work.
+const KV_BUDGET_BYTES: u64 = 1 << 30;
 
 struct Level {
     concurrency: usize,
@@ -133,6 +136,19 @@ async fn level(engine: &Engine, concurrency: usize, first_prompt: usize) -> Resu
     })
 }
 
+/// The served dtype: bf16 unless `INFERD_BENCH_DTYPE` says otherwise.
+fn dtype() -> String {
+    std::env::var("INFERD_BENCH_DTYPE").unwrap_or_else(|_| "bf16".into())
+}
+
+/// The concurrency levels: `INFERD_BENCH_LEVELS=1,4` runs a subset.
+fn levels() -> Vec<usize> {
+    std::env::var("INFERD_BENCH_LEVELS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| LEVELS.to_vec())
+}
+
 async fn bench() -> Result<Vec<Level>, String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let deployment = ModelDeployment {
@@ -140,7 +156,7 @@ async fn bench() -> Result<Vec<Level>, String> {
             name: MODEL.into(),
             version: "v1".into(),
             source: root.join(GGUF),
-            dtype: "bf16".into(),
+            dtype: dtype(),
             kv_budget_bytes: KV_BUDGET_BYTES,
             block_size: 16,
             max_context: Some(2048),
@@ -165,12 +181,18 @@ async fn bench() -> Result<Vec<Level>, String> {
     level(&engine, 2, 10_000).await?;
     let mut results = Vec::new();
     let mut next_prompt = 0;
-    for c in LEVELS {
+    for c in levels() {
         let l = level(&engine, c, next_prompt).await?;
         next_prompt += c;
         println!(
-            "{:>11} {:>9.1} {:>13.1} {:>10.3} {:>7}",
-            l.concurrency, l.wall_secs, l.tokens_per_sec, l.mean_ttft_secs, l.steps
+            "{:>11} {:>9.1} {:>13.1} {:>10.3} {:>7} {:>10.1} {:>10.1}",
+            l.concurrency,
+            l.wall_secs,
+            l.tokens_per_sec,
+            l.mean_ttft_secs,
+            l.steps,
+            1000.0 * l.step_secs / l.steps.max(1) as f64,
+            1000.0 * l.forward_secs / l.steps.max(1) as f64
         );
         results.push(l);
     }
@@ -178,10 +200,14 @@ async fn bench() -> Result<Vec<Level>, String> {
 }
 
 fn main() {
-    println!("SmolLM2-135M bf16 on CPU ({} threads), {PROMPT_TOKENS} prompt + {OUTPUT_TOKENS} output tokens per request", tch::get_num_threads());
     println!(
-        "{:>11} {:>9} {:>13} {:>10} {:>7}",
-        "concurrency", "wall (s)", "output tok/s", "TTFT (s)", "steps"
+        "SmolLM2-135M {} on CPU ({} threads), {PROMPT_TOKENS} prompt + {OUTPUT_TOKENS} output tokens per request",
+        dtype(),
+        tch::get_num_threads()
+    );
+    println!(
+        "{:>11} {:>9} {:>13} {:>10} {:>7} {:>10} {:>10}",
+        "concurrency", "wall (s)", "output tok/s", "TTFT (s)", "steps", "step (ms)", "fwd (ms)"
     );
     let results = match actix_rt::System::new().block_on(bench()) {
         Ok(r) => r,
@@ -208,7 +234,8 @@ fn main() {
     );
     let report = json!({
         "engine": "inferd",
-        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, served in bf16)",
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF)",
+        "dtype": dtype(),
         "device": "cpu",
         "threads": tch::get_num_threads(),
         "prompt_tokens": PROMPT_TOKENS,
@@ -227,9 +254,10 @@ fn main() {
     });
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/results");
     let written = std::fs::create_dir_all(&dir)
-        .and_then(|_| std::fs::write(dir.join("engine.json"), format!("{report:#}\n")));
+        .and_then(|_| std::fs::write(dir.join(format!("engine-{}.json", dtype())), format!("{report:#}\n")));
+    let file = dir.join(format!("engine-{}.json", dtype()));
     match written {
-        Ok(()) => println!("wrote {}", dir.join("engine.json").display()),
-        Err(e) => eprintln!("could not write benches/results/engine.json: {e}"),
+        Ok(()) => println!("wrote {}", file.display()),
+        Err(e) => eprintln!("could not write {}: {e}", file.display()),
     }
 }

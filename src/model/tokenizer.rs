@@ -53,6 +53,9 @@ pub struct Tokenizer {
     eos_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
     origin: PathBuf,
+    /// `get_vocab_size(true)` rebuilds the whole vocabulary map on every
+    /// call (~49k strings), far too slow for each streamed token's decode.
+    vocab_size: usize,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -287,6 +290,7 @@ impl Tokenizer {
             }
         };
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             bos,
             eos_token: eos.map(|(t, _)| t),
@@ -412,6 +416,7 @@ impl Tokenizer {
             ),
         };
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             bos,
             eos_token: eos.map(|(t, _)| t),
@@ -443,7 +448,7 @@ impl Tokenizer {
 
     /// Number of ids, added tokens included (transformers' `len(tokenizer)`).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     pub fn bos_id(&self) -> Option<u32> {
