@@ -185,13 +185,14 @@ fn check_metric_refs(text: &str, what: &str) -> BTreeSet<String> {
 }
 
 #[test]
-#[ignore = "the metrics land with the operability issue; run with --ignored"]
 fn every_listed_metric_is_in_the_sources() {
-    let files = rust_files("src");
+    // The engine records them (actors/src/metrics.rs); src/api/metrics.rs serves them.
+    let mut files = rust_files("src");
+    files.extend(rust_files("actors/src"));
     let missing: Vec<String> = metrics().keys().filter(|n| !files.iter().any(|(_, t)| t.contains(n.as_str()))).cloned().collect();
     assert!(
         missing.is_empty(),
-        "{} of deploy/metrics.txt's metrics appear nowhere in src/ (the /metrics endpoint must export them under these names): {missing:?}",
+        "{} of deploy/metrics.txt's metrics appear nowhere in src/ or actors/src/ (the /metrics endpoint must export them under these names): {missing:?}",
         missing.len()
     );
     // And the other way: a metric literal in a metrics module must be listed.
@@ -199,7 +200,8 @@ fn every_listed_metric_is_in_the_sources() {
     for (path, text) in files.iter().filter(|(p, _)| p.file_name().is_some_and(|f| f == "metrics.rs")) {
         for t in metric_tokens(text) {
             let listed = m.contains_key(&t) || ["_bucket", "_sum", "_count"].iter().any(|s| t.strip_suffix(s).is_some_and(|b| m.contains_key(b)));
-            assert!(listed || t.ends_with('_'), "{} exports {t}, which deploy/metrics.txt does not list", path.display());
+            // `inferd_actors` is the engine crate's name, not a metric.
+            assert!(listed || t.ends_with('_') || t == "inferd_actors", "{} exports {t}, which deploy/metrics.txt does not list", path.display());
         }
     }
 }

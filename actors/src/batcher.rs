@@ -24,6 +24,7 @@ use crate::executor::{
     ExecError, NewSeq, ReplicaId, ReplicaInfo, StepRequest, StepResult, StepSeq, TextDecoder,
 };
 use crate::ids::SeqId;
+use crate::metrics::{ErrorType, ReplicaMetrics};
 use crate::request::{Event, Finish, GenerateRequest, ReplicaStats, Usage};
 use crate::router::{ReplicaLoad, RequestIndex};
 use crate::sampler::{Sampled, SamplingParams};
@@ -119,6 +120,10 @@ struct Live {
     started: bool,
     /// The executor holds a sampler for it (created on its first step).
     has_sampler: bool,
+    /// When the batcher got it (queue time, TTFT and end-to-end latency).
+    arrived: Instant,
+    /// When its previous token was streamed (inter-token latency).
+    last_token: Option<Instant>,
 }
 
 /// How one sampled token leaves its request.
@@ -157,6 +162,21 @@ pub struct Batcher {
     steps: u64,
     forward_secs: f64,
     step_secs: f64,
+    metrics: ReplicaMetrics,
+    /// The block manager's and scheduler's running totals at the last step,
+    /// so each step adds only its own share to the counters.
+    seen_prefix: (u64, u64),
+    seen_preemptions: u64,
+}
+
+/// How a request leaves the batcher.
+enum Ending {
+    /// Finished with a result: its `Event::Done`.
+    Done(Event),
+    /// Failed: the error event's message and its counter type.
+    Error(ErrorType, String),
+    /// The client is gone: nothing to send.
+    Gone,
 }
 
 impl Batcher {
@@ -168,7 +188,11 @@ impl Batcher {
             num_blocks: setup.info.num_blocks,
             enable_prefix_caching: setup.enable_prefix_caching,
         })?;
+        let metrics = ReplicaMetrics::new(&setup.model, &setup.version, &setup.device);
         Ok(Batcher {
+            metrics,
+            seen_prefix: (0, 0),
+            seen_preemptions: 0,
             setup,
             sched,
             live: HashMap::new(),
@@ -193,12 +217,37 @@ impl Batcher {
             self.sched.num_running(),
             self.sched.kv_usage(),
         );
+        self.metrics.set_load(
+            self.sched.num_running(),
+            self.sched.num_waiting(),
+            self.sched.kv_usage(),
+        );
     }
 
-    /// Removes a request's state and sends its last event (if any).
-    fn end(&mut self, id: SeqId, last: Option<Event>) {
+    /// Removes a request's state, sends its last event (if any) and counts it.
+    fn end(&mut self, id: SeqId, ending: Ending) {
         let Some(st) = self.live.remove(&id) else {
             return;
+        };
+        let prompt = if st.started { st.usage.prompt_tokens } else { 0 };
+        let generated = st.usage.completion_tokens;
+        let last = match ending {
+            Ending::Done(ev) => {
+                if let Event::Done { finish, .. } = &ev {
+                    self.metrics
+                        .finished(*finish, st.arrived.elapsed(), prompt, generated);
+                }
+                Some(ev)
+            }
+            Ending::Error(kind, message) => {
+                self.metrics.failed(kind, prompt, generated);
+                Some(Event::Error { message })
+            }
+            Ending::Gone => {
+                self.metrics
+                    .failed(ErrorType::Disconnected, prompt, generated);
+                None
+            }
         };
         if let Some(ev) = last {
             // A closed receiver only means the client is gone.
@@ -225,6 +274,7 @@ impl Batcher {
         }
         self.reap_closed();
         if self.sched.is_idle() {
+            self.metrics.step(0, 0, 0, 0);
             self.publish();
             return;
         }
@@ -241,6 +291,7 @@ impl Batcher {
             return;
         }
         let req = self.step_request(&batch);
+        self.count_step(batch.seqs.len());
         self.publish();
         let ids: Vec<SeqId> = batch.seqs.iter().map(|s| s.id).collect();
         let generation = self.setup.worker.generation;
@@ -286,7 +337,7 @@ impl Batcher {
             .collect();
         for id in gone {
             self.sched.abort(id);
-            self.end(id, None);
+            self.end(id, Ending::Gone);
         }
     }
 
@@ -303,6 +354,7 @@ impl Batcher {
             if let Some(st) = self.live.get_mut(&s.id) {
                 if !st.started {
                     st.started = true;
+                    self.metrics.queued(st.arrived.elapsed());
                     // The first chunk starts after the prefix-cache hit.
                     st.usage.cached_tokens = s.start_pos;
                     self.queued -= 1;
@@ -355,19 +407,22 @@ impl Batcher {
         }
         for (id, outcome) in ended {
             self.sched.finish(id); // no-op when on_step_done already removed it
-            let ev = match outcome {
-                Outcome::Finished(finish) => self.live.get(&id).map(|st| Event::Done {
-                    finish,
-                    usage: st.usage,
-                    // Always Some: set on Submit.
-                    seed: st.sampling.seed.unwrap_or_default(),
-                    model: self.setup.model.clone(),
-                    version: self.setup.version.clone(),
-                }),
-                Outcome::Failed(message) => Some(Event::Error { message }),
-                Outcome::Continue => None,
+            let ending = match outcome {
+                Outcome::Finished(finish) => match self.live.get(&id) {
+                    Some(st) => Ending::Done(Event::Done {
+                        finish,
+                        usage: st.usage,
+                        // Always Some: set on Submit.
+                        seed: st.sampling.seed.unwrap_or_default(),
+                        model: self.setup.model.clone(),
+                        version: self.setup.version.clone(),
+                    }),
+                    None => continue,
+                },
+                Outcome::Failed(message) => Ending::Error(ErrorType::Failed, message),
+                Outcome::Continue => continue,
             };
-            self.end(id, ev);
+            self.end(id, ending);
         }
     }
 
@@ -378,6 +433,11 @@ impl Batcher {
             return Outcome::Continue; // cancelled while the step ran
         };
         st.usage.completion_tokens += 1;
+        let now = Instant::now();
+        match st.last_token.replace(now) {
+            None => self.metrics.first_token(now - st.arrived),
+            Some(prev) => self.metrics.next_token(now - prev),
+        }
         let (mut text, mut finish) = if st.eos.contains(&s.token) {
             (String::new(), Some(Finish::Eos)) // the EOS id itself is not text
         } else {
@@ -420,9 +480,7 @@ impl Batcher {
         for f in self.sched.on_step_failed(ids) {
             self.end(
                 f.id,
-                Some(Event::Error {
-                    message: format!("step failed: {}", e.message),
-                }),
+                Ending::Error(ErrorType::Failed, format!("step failed: {}", e.message)),
             );
         }
         if e.fatal {
@@ -463,6 +521,22 @@ impl Batcher {
         self.setup.worker = w;
     }
 
+    /// Counts a step of `seqs` sequences and what the block manager and
+    /// scheduler did since the last one.
+    fn count_step(&mut self, seqs: usize) {
+        let bm = self.sched.block_manager();
+        let prefix = (bm.prefix_query_tokens(), bm.prefix_hit_tokens());
+        let preemptions = self.sched.num_preemptions();
+        self.metrics.step(
+            seqs,
+            prefix.0.saturating_sub(self.seen_prefix.0),
+            prefix.1.saturating_sub(self.seen_prefix.1),
+            preemptions.saturating_sub(self.seen_preemptions),
+        );
+        self.seen_prefix = prefix;
+        self.seen_preemptions = preemptions;
+    }
+
     fn stats(&self) -> ReplicaStats {
         let bm = self.sched.block_manager();
         ReplicaStats {
@@ -489,7 +563,14 @@ impl Actor for Batcher {
 
     fn started(&mut self, _: &mut Self::Context) {
         self.publish();
+        self.metrics.set_loaded(true);
         self.setup.gauge.set_ready(true);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.metrics.set_loaded(false);
+        self.metrics.set_load(0, 0, 0.0);
+        self.metrics.step(0, 0, 0, 0);
     }
 }
 
@@ -521,6 +602,8 @@ impl Handler<Submit> for Batcher {
             prompt: req.prompt.clone(),
             started: false,
             has_sampler: false,
+            arrived: Instant::now(),
+            last_token: None,
         };
         let added = self.sched.add(Sequence::new(
             seq_id,
@@ -540,6 +623,7 @@ impl Handler<Submit> for Batcher {
                 let _ = st.events.send(Event::Error {
                     message: e.to_string(),
                 });
+                crate::metrics::count_error(&self.setup.model, &self.setup.version, ErrorType::Invalid);
                 self.setup.index.remove(&id);
             }
         }
@@ -555,12 +639,7 @@ impl Handler<Cancel> for Batcher {
     fn handle(&mut self, msg: Cancel, _: &mut Self::Context) {
         let id = SeqId(msg.id.0);
         self.sched.abort(id);
-        self.end(
-            id,
-            Some(Event::Error {
-                message: "cancelled".into(),
-            }),
-        );
+        self.end(id, Ending::Error(ErrorType::Cancelled, "cancelled".into()));
         self.publish();
     }
 }
@@ -595,7 +674,7 @@ impl Batcher {
         let ids: Vec<SeqId> = self.live.keys().copied().collect();
         for id in ids {
             self.sched.abort(id);
-            self.end(id, Some(Event::Error { message: message.to_string() }));
+            self.end(id, Ending::Error(ErrorType::Failed, message.to_string()));
         }
         self.publish();
     }
