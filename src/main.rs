@@ -22,6 +22,8 @@ use inferd::model::chat_template::ChatMessage;
 use inferd::model::{source, Model, Placement};
 use tch::{Device, Kind};
 
+mod logits_cli;
+
 #[derive(Parser)]
 #[command(
     name = "inferd",
@@ -41,6 +43,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Benchmark an OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
     Bench(inferd::bench::BenchArgs),
+    /// Write a model's logits for token id prompts (parity checks, scripts/gpu/parity.py).
+    #[command(hide = true)]
+    Logits(logits_cli::LogitsArgs),
 }
 
 #[derive(clap::Args)]
@@ -269,5 +274,6 @@ fn main() -> Result<()> {
         Command::Serve(a) => run_serve(a),
         Command::Generate(a) => run_generate(a),
         Command::Bench(a) => inferd::bench::run(a),
+        Command::Logits(a) => logits_cli::run(a),
     }
 }
