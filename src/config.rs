@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use inferd_actors::engine::{EngineConfig, ModelDeployment};
 use inferd_actors::executor::ModelSpec;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default bind address (loopback: exposing the server is a deliberate act).
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Batch-job lines run at once (process-wide).
     pub batch_concurrency: usize,
+    /// Devices to start a worker on besides those the configured versions
+    /// name, so versions loaded at run time (`POST /admin/models/...`) can
+    /// use them.
+    pub devices: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             default_model: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
+            devices: Vec::new(),
         }
     }
 }
@@ -87,7 +92,9 @@ pub struct ModelConfig {
     pub versions: BTreeMap<String, VersionConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One version's settings: a `[models.<name>.versions.<v>]` table, and the
+/// body of `POST /admin/models/{model}/versions` (less `version`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VersionConfig {
     /// A .gguf file or a Hugging Face folder.
@@ -198,6 +205,9 @@ impl Config {
         if self.server.batch_concurrency == 0 {
             return Err(invalid("server.batch_concurrency", "must be positive"));
         }
+        for d in &self.server.devices {
+            check_device(d).map_err(|m| invalid("server.devices", m))?;
+        }
         if let Some(d) = &self.server.default_model {
             if !self.models.contains_key(d) {
                 return Err(invalid(
@@ -232,36 +242,37 @@ impl Config {
     }
 
     /// The engine's configuration: the active version of every model, and
-    /// one worker per device any of them names.
+    /// one worker per device that any configured version or
+    /// `server.devices` names. The other configured versions are not loaded
+    /// at start (see [`Config::standby`]).
     pub fn engine_config(&self) -> EngineConfig {
         let mut devices: Vec<String> = Vec::new();
-        let mut models = Vec::new();
-        for (name, version, v) in self.active() {
-            for d in &v.devices {
-                if !devices.contains(d) {
-                    devices.push(d.clone());
-                }
+        let all = self.models.values().flat_map(|m| m.versions.values());
+        for d in all.flat_map(|v| &v.devices).chain(&self.server.devices) {
+            if !devices.contains(d) {
+                devices.push(d.clone());
             }
-            let spec = ModelSpec {
-                name: name.to_string(),
-                version: version.to_string(),
-                source: v.source.clone(),
-                dtype: v.dtype.clone(),
-                kv_budget_bytes: v.kv_cache_mb << 20,
-                block_size: v.block_size,
-                max_context: v.max_context,
-            };
-            models.push(ModelDeployment {
-                spec,
-                devices: v.devices.clone(),
-                max_num_seqs: v.max_num_seqs,
-                max_batched_tokens: v.max_batched_tokens,
-                enable_prefix_caching: v.prefix_caching,
-                max_queue_requests: v.max_queue_requests,
-                max_queue_tokens: v.max_queue_tokens,
-            });
         }
+        let models = self
+            .active()
+            .map(|(name, version, v)| v.deployment(name, version))
+            .collect();
         EngineConfig { devices, models }
+    }
+
+    /// The configured versions that are not active: (name, version, settings).
+    pub fn standby(&self) -> impl Iterator<Item = (&str, &str, &VersionConfig)> {
+        self.models.iter().flat_map(|(name, m)| {
+            m.versions
+                .iter()
+                .filter(move |(v, _)| **v != m.active)
+                .map(move |(v, c)| (name.as_str(), v.as_str(), c))
+        })
+    }
+
+    /// A configured version's settings.
+    pub fn version(&self, model: &str, version: &str) -> Option<&VersionConfig> {
+        self.models.get(model)?.versions.get(version)
     }
 
     /// The active version of every model: (name, version label, settings).
@@ -274,32 +285,37 @@ impl Config {
     }
 }
 
+/// "cpu" or "cuda:N"; otherwise why not.
+pub fn check_device(d: &str) -> Result<(), String> {
+    let ok = d == "cpu"
+        || d.strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("must hold \"cpu\" or \"cuda:N\", got {d:?}"))
+    }
+}
+
 impl VersionConfig {
     fn check(&self, at: &str) -> Result<(), ConfigError> {
+        self.validate()
+            .map_err(|(key, message)| invalid(format!("{at}.{key}"), message))
+    }
+
+    /// Checks every value; on failure names the key (e.g. `dtype`) and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if !matches!(self.dtype.as_str(), "f32" | "bf16" | "f16") {
-            return Err(invalid(
-                format!("{at}.dtype"),
-                format!("must be f32, bf16 or f16, got {:?}", self.dtype),
-            ));
+            let why = format!("must be f32, bf16 or f16, got {:?}", self.dtype);
+            return Err(("dtype", why));
         }
         if self.devices.is_empty() {
-            return Err(invalid(
-                format!("{at}.devices"),
-                "must list at least one device",
-            ));
+            return Err(("devices", "must list at least one device".into()));
         }
         for d in &self.devices {
-            let ok = d == "cpu"
-                || d.strip_prefix("cuda:")
-                    .is_some_and(|n| n.parse::<usize>().is_ok());
-            if !ok {
-                return Err(invalid(
-                    format!("{at}.devices"),
-                    format!("must hold \"cpu\" or \"cuda:N\", got {d:?}"),
-                ));
-            }
+            check_device(d).map_err(|m| ("devices", m))?;
         }
-        let positive: [(&str, u64); 6] = [
+        let positive: [(&'static str, u64); 6] = [
             ("kv_cache_mb", self.kv_cache_mb),
             ("block_size", self.block_size as u64),
             ("max_num_seqs", self.max_num_seqs as u64),
@@ -309,13 +325,36 @@ impl VersionConfig {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(invalid(format!("{at}.{key}"), "must be positive"));
+                return Err((key, "must be positive".into()));
             }
         }
         if self.max_context == Some(0) {
-            return Err(invalid(format!("{at}.max_context"), "must be positive"));
+            return Err(("max_context", "must be positive".into()));
         }
         Ok(())
+    }
+
+    /// The engine's deployment of this version as model `name` version
+    /// `version`.
+    pub fn deployment(&self, name: &str, version: &str) -> ModelDeployment {
+        let spec = ModelSpec {
+            name: name.to_string(),
+            version: version.to_string(),
+            source: self.source.clone(),
+            dtype: self.dtype.clone(),
+            kv_budget_bytes: self.kv_cache_mb << 20,
+            block_size: self.block_size,
+            max_context: self.max_context,
+        };
+        ModelDeployment {
+            spec,
+            devices: self.devices.clone(),
+            max_num_seqs: self.max_num_seqs,
+            max_batched_tokens: self.max_batched_tokens,
+            enable_prefix_caching: self.prefix_caching,
+            max_queue_requests: self.max_queue_requests,
+            max_queue_tokens: self.max_queue_tokens,
+        }
     }
 }
 
@@ -344,6 +383,22 @@ source = "w/model.gguf"
         assert_eq!(v.dtype, "bf16");
         assert_eq!(v.devices, vec!["cpu".to_string()]);
         assert!(v.prefix_caching);
+    }
+
+    #[test]
+    fn standby_versions_and_devices() {
+        let text = format!("{OK}devices = [\"cuda:1\"]\n[models.m.versions.v2]\nsource = \"v2\"\n")
+            .replace("port = 0", "port = 0\ndevices = [\"cuda:3\"]");
+        let cfg = Config::parse(&text, Path::new("/x")).unwrap();
+        let engine = cfg.engine_config();
+        assert_eq!(engine.models.len(), 1, "only the active version loads");
+        assert_eq!(engine.models[0].spec.version, "v1");
+        assert_eq!(engine.devices, vec!["cuda:1", "cpu", "cuda:3"]);
+        let standby: Vec<_> = cfg.standby().map(|(n, v, _)| (n, v)).collect();
+        assert_eq!(standby, vec![("m", "v2")]);
+        let dep = cfg.version("m", "v2").unwrap().deployment("m", "v2");
+        assert_eq!(dep.spec.source, PathBuf::from("/x/v2"));
+        assert_eq!(dep.spec.kv_budget_bytes, 256 << 20);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`exec`]: what runs on a worker around the model — sampling and
 //!   incremental detokenization.
 //! - [`generate`]: the single-sequence generation loop behind `inferd generate`.
+//! - [`models_cli`]: `inferd models ...`, the admin API from the command line.
 //!
 //! The actor system itself (supervisor, router, batcher, worker) and the plain
 //! state it drives (scheduler, block manager) live in the `inferd-actors` crate,
@@ -20,4 +21,5 @@ pub mod config;
 pub mod exec;
 pub mod generate;
 pub mod model;
+pub mod models_cli;
 pub mod ui;

@@ -5,14 +5,15 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use inferd::api::codec::{Codec, TokenizerCodec};
+use inferd::api::codec::{Codec, Codecs, TokenizerCodec};
 use inferd::api::engine_backend::EngineBackend;
+use inferd::api::model_manager::ModelManager;
 use inferd::api::AppState;
 use inferd::config::Config;
 use inferd::exec::executor::TchExecutor;
@@ -43,6 +44,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Benchmark an OpenAI-compatible server (throughput, TTFT, TPOT, ITL, goodput).
     Bench(inferd::bench::BenchArgs),
+    /// Manage the models of a running server (list, load, activate, rollback, canary, unload, remove).
+    Models(inferd::models_cli::ModelsArgs),
     /// Write a model's logits for token id prompts (parity checks, scripts/gpu/parity.py).
     #[command(hide = true)]
     Logits(logits_cli::LogitsArgs),
@@ -224,19 +227,17 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     if let Some(p) = a.port {
         cfg.server.port = p;
     }
-    // The edge tokenizes prompts itself: one tokenizer per served model.
+    // The edge tokenizes prompts itself: one tokenizer per served model
+    // (models added at run time get theirs from the model manager).
     let mut codecs: HashMap<String, Arc<dyn Codec>> = HashMap::new();
-    let mut versions = HashMap::new();
     for (name, version, v) in cfg.active() {
-        let files = source::open(&v.source).with_context(|| {
-            format!("model `{name}` ({version}): opening {}", v.source.display())
+        let codec = TokenizerCodec::open(&v.source).map_err(|e| {
+            anyhow::anyhow!("model `{name}` ({version}): opening {}: {e}", v.source.display())
         })?;
-        codecs.insert(
-            name.to_string(),
-            Arc::new(TokenizerCodec(Arc::new(files.tokenizer))),
-        );
-        versions.insert(name.to_string(), version.to_string());
+        codecs.insert(name.to_string(), Arc::new(codec));
     }
+    let codecs = Arc::new(Codecs::new(codecs));
+    let config_dir = a.config.parent().unwrap_or(Path::new(".")).to_path_buf();
     let listener = TcpListener::bind((cfg.server.host.as_str(), cfg.server.port))
         .with_context(|| format!("binding {}:{}", cfg.server.host, cfg.server.port))?;
     let engine_config = cfg.engine_config();
@@ -248,18 +249,29 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         let factory: inferd_actors::engine::ExecutorFactory<TchExecutor> =
             Arc::new(|device: &str| TchExecutor::new(device));
         let engine = inferd_actors::engine::Engine::start(engine_config, factory);
+        let manager = Arc::new(ModelManager::new(
+            engine.clone(),
+            codecs.clone(),
+            &cfg,
+            &config_dir,
+        ));
+        manager.register_configured();
         let watcher = engine.clone();
+        let restorer = manager.clone();
         actix_rt::spawn(async move {
             let t0 = Instant::now();
             match watcher.wait_ready(LOAD_REPORT_AFTER).await {
                 Ok(()) => eprintln!("models ready in {:.1}s", t0.elapsed().as_secs_f64()),
                 Err(e) => eprintln!("models failed to load: {e}"),
             }
+            // The persisted active versions and canaries (routing.json).
+            restorer.restore_persisted().await;
         });
-        let backend = Arc::new(EngineBackend::new(engine, versions));
+        let backend = Arc::new(EngineBackend::new(engine, manager.restoring_flag()));
         inferd::api::serve(
             listener,
-            AppState::new(backend, codecs, default_model, max_body),
+            AppState::with_codecs(backend, codecs, default_model, max_body),
+            manager,
             &data_dir,
             batch_concurrency,
         )
@@ -274,6 +286,7 @@ fn main() -> Result<()> {
         Command::Serve(a) => run_serve(a),
         Command::Generate(a) => run_generate(a),
         Command::Bench(a) => inferd::bench::run(a),
+        Command::Models(a) => inferd::models_cli::run(a),
         Command::Logits(a) => logits_cli::run(a),
     }
 }

@@ -264,6 +264,29 @@ impl Deployment {
         Ok(())
     }
 
+    /// Lists a version that is known (e.g. configured) but not loaded, in
+    /// state `Unloaded`, so it can be loaded later from its record (see
+    /// `Engine::version_deployment`). Returns false, changing nothing, if
+    /// the version is already listed.
+    pub fn register_unloaded(&mut self, dep: &ModelDeployment) -> Result<bool, ManageError> {
+        if self.removing {
+            return Err(ManageError::UnknownModel(self.model.clone()));
+        }
+        if self.record(&dep.spec.version).is_some() {
+            return Ok(false);
+        }
+        self.versions.push(VersionRecord {
+            deployment: dep.clone(),
+            state: VersionState::Unloaded,
+        });
+        Ok(true)
+    }
+
+    /// The settings `version` was (or is to be) loaded with.
+    pub fn deployment_of(&self, version: &str) -> Option<&ModelDeployment> {
+        self.record(version).map(|r| &r.deployment)
+    }
+
     /// Makes `version` the active one before it is ready (configuration at
     /// start: the first listed version of a model).
     pub fn designate_active(&mut self, version: &str) {
@@ -733,6 +756,28 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn registered_versions_are_unloaded_until_loaded() {
+        let mut d = deployment(&["v1"]);
+        assert_eq!(d.register_unloaded(&dep("v2")), Ok(true));
+        assert_eq!(d.register_unloaded(&dep("v2")), Ok(false), "listed once");
+        assert_eq!(d.register_unloaded(&dep("v1")), Ok(false), "loaded stays");
+        assert_eq!(d.state("v2"), Some(&VersionState::Unloaded));
+        assert_eq!(d.state("v1"), Some(&VersionState::Ready));
+        assert_eq!(
+            d.deployment_of("v2").map(|r| r.spec.source.clone()),
+            Some(PathBuf::from("/models/v2"))
+        );
+        assert!(matches!(
+            d.activate("v2", false),
+            Err(ManageError::NotReady { .. })
+        ));
+        assert_eq!(route(&mut d), "v1");
+        d.begin_load(&dep("v2")).unwrap();
+        d.finish_load("v2").unwrap();
+        assert_eq!(d.activate("v2", false), Ok(Some("v1".into())));
     }
 
     #[test]

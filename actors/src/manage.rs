@@ -195,6 +195,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Lists `dep` as a version of its (served) model in state `Unloaded`
+    /// without loading it: e.g. a configured version that is not active. A
+    /// later `load_version` of the same settings loads it. Returns false if
+    /// the version is already listed (nothing changes).
+    pub fn register_version(&self, dep: &ModelDeployment) -> Result<bool, ManageError> {
+        self.router.register_unloaded(dep)
+    }
+
+    /// The settings a listed version was (or is to be) loaded with: what a
+    /// reload of an unloaded version needs.
+    pub fn version_deployment(&self, model: &str, version: &str) -> Option<ModelDeployment> {
+        self.router
+            .update(model, |d| d.deployment_of(version).cloned())
+            .ok()
+            .flatten()
+    }
+
     /// Every model's versions, states, replicas and memory, in model order.
     pub fn deployments(&self) -> Vec<ModelStatus> {
         self.router

@@ -388,6 +388,12 @@ impl Router {
         Ok(())
     }
 
+    /// Lists a known but unloaded version of a served model (see
+    /// `Deployment::register_unloaded`).
+    pub fn register_unloaded(&self, dep: &ModelDeployment) -> Result<bool, ManageError> {
+        self.update(&dep.spec.name, |d| d.register_unloaded(dep))?
+    }
+
     /// Runs `f` on `model`'s deployment under its lock.
     pub fn update<R>(
         &self,

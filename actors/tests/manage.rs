@@ -596,3 +596,33 @@ async fn snapshot_and_restore_round_trip() {
     let s = status(&fresh, M);
     assert_eq!((s.active.as_deref(), s.canary.clone()), (Some("v1"), None));
 }
+
+#[actix_rt::test]
+async fn a_registered_version_is_listed_unloaded_and_loads_from_its_record() {
+    let e = started(&control(), vec![dep(M, "v1")]).await;
+    assert_eq!(e.register_version(&dep(M, "v2")), Ok(true));
+    assert_eq!(e.register_version(&dep(M, "v2")), Ok(false));
+    assert!(matches!(
+        e.register_version(&dep("nope", "v1")),
+        Err(ManageError::UnknownModel(_))
+    ));
+    let s = status(&e, M);
+    let v2 = s.version("v2").expect("listed");
+    assert_eq!((v2.state.clone(), v2.memory_bytes()), (VersionState::Unloaded, 0));
+    assert!(e.is_ready(), "an unloaded standby does not hold readiness");
+    assert!(matches!(
+        e.activate(M, "v2", false).await,
+        Err(ManageError::NotReady { .. })
+    ));
+    let rec = e.version_deployment(M, "v2").expect("its record");
+    assert_eq!(rec.spec.source, PathBuf::from("/models/m/v2"));
+    e.load_version(rec).await.unwrap();
+    e.activate(M, "v2", false).await.unwrap();
+    assert_eq!(generate(&e, RouteHints::default(), 1).await.unwrap(), "v2");
+    // v1 drains and is unloaded; its record stays for a reload.
+    wait_for("v1 unloaded", || state(&e, M, "v1") == Some(VersionState::Unloaded)).await;
+    let again = e.version_deployment(M, "v1").expect("kept");
+    e.load_version(again).await.unwrap();
+    e.rollback(M, false).await.unwrap();
+    assert_eq!(generate(&e, RouteHints::default(), 2).await.unwrap(), "v1");
+}

@@ -1,5 +1,6 @@
 //! What the HTTP handlers need from the engine, as a trait: [`Backend`]
-//! (submit, cancel, stats, per-model limits, readiness). The real engine is
+//! (submit with routing hints, cancel, stats, per-model limits, readiness
+//! and why not). The real engine is
 //! adapted in `engine_backend.rs`; handler unit tests use the fake in
 //! `fake.rs`. A submission yields a [`Generation`]: the event stream of one
 //! sequence, which cancels that sequence when dropped before its end (a
@@ -9,6 +10,7 @@ use std::pin::Pin;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, Stream, StreamExt};
+use inferd_actors::deployment::RouteHints;
 use inferd_actors::request::{Event, GenerateRequest, ReplicaStats, SubmitError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -37,6 +39,28 @@ pub trait Backend: Send + Sync + 'static {
     fn limits(&self, model: &str) -> Option<ModelLimits>;
     fn models(&self) -> Vec<ModelInfo>;
     fn is_ready(&self) -> bool;
+
+    /// `submit` with routing hints: a session id keeps a session on one
+    /// side of a canary split, a version pins the request to that version.
+    /// The default ignores them (one version only).
+    fn submit_with(
+        &self,
+        req: GenerateRequest,
+        hints: RouteHints,
+    ) -> BoxFuture<'static, Result<Generation, SubmitError>> {
+        let _ = hints;
+        self.submit(req)
+    }
+
+    /// Why the server (`model: None`) or one model is not ready to serve;
+    /// empty when it is.
+    fn not_ready_reasons(&self, model: Option<&str>) -> Vec<String> {
+        self.models()
+            .into_iter()
+            .filter(|m| model.is_none_or(|n| n == m.name) && !m.ready)
+            .map(|m| format!("model `{}` version `{}` is not ready", m.name, m.version))
+            .collect()
+    }
 }
 
 /// Runs once if a [`Generation`] is dropped before its last event.

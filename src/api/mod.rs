@@ -1,15 +1,20 @@
 //! The HTTP API (actix-web): OpenAI-compatible `/v1/completions`,
 //! `/v1/chat/completions` and `/v1/models`, TGI-compatible `/generate`,
 //! `/generate_stream` (and `POST /`, which the `text-generation` client
-//! calls), the `/v1/ws` WebSocket, `/health` (= `/health/live`), `/ready`
-//! (= `/health/ready`) and `/stats`.
+//! calls), the `/v1/ws` WebSocket, the health probes (`/health/live`,
+//! `/health/ready`, `/v1/models/{id}/ready`), `/stats` and the `/admin`
+//! model management routes.
 //!
 //! Module map: [`backend`] (the engine as handlers see it), [`codec`] (a
 //! model's tokenizer at the edge), [`validate`] (raw JSON -> typed request),
 //! [`errors`] (one error enum, two wire shapes), [`openai`] / [`tgi`] /
-//! [`ws`] (handlers), [`sse`] (event framing), [`request_id`] (middleware).
+//! [`ws`] (handlers), [`sse`] (event framing), [`request_id`] (middleware),
+//! [`health`] (probes), [`admin`] / [`admin_error`] (model management
+//! routes) over [`model_manager`], which persists through [`routing_store`].
 //! This file holds the shared state, the app builder and the server start.
 
+pub mod admin;
+pub mod admin_error;
 pub mod backend;
 pub mod batches;
 pub mod codec;
@@ -17,10 +22,13 @@ pub mod engine_backend;
 pub mod errors;
 #[cfg(test)]
 pub mod fake;
+pub mod health;
+pub mod model_manager;
 pub mod openai;
 mod openai_stream;
 pub mod openai_types;
 pub mod request_id;
+pub mod routing_store;
 pub mod sse;
 pub mod tgi;
 pub mod validate;
@@ -34,12 +42,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{middleware, App, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt;
-use inferd_actors::request::{Event, Finish, GenerateRequest, Usage};
+use inferd_actors::deployment::RouteHints;
+use inferd_actors::request::{Event, Finish, GenerateRequest, SubmitError, Usage};
 use serde_json::json;
 
 use self::backend::{Backend, Generation};
-use self::codec::Codec;
+use self::codec::{Codec, Codecs};
 use self::errors::{ApiError, OpenAiError};
+use self::model_manager::ModelManager;
 use self::openai_types::{ModelList, ModelObject};
 use self::request_id::VERSION_HEADER;
 use self::validate::ModelCtx;
@@ -47,8 +57,9 @@ use self::validate::ModelCtx;
 /// What every handler shares.
 pub struct AppState {
     pub backend: Arc<dyn Backend>,
-    /// Per served model name, its tokenizer (prompts are encoded at the edge).
-    pub codecs: HashMap<String, Arc<dyn Codec>>,
+    /// Per served model name, its tokenizer (prompts are encoded at the
+    /// edge); the admin API adds and removes entries.
+    pub codecs: Arc<Codecs>,
     /// The model of routes that name none (TGI's).
     pub default_model: Option<String>,
     pub max_body_bytes: usize,
@@ -58,6 +69,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(backend: Arc<dyn Backend>, codecs: HashMap<String, Arc<dyn Codec>>, default_model: Option<String>, max_body_bytes: usize) -> AppState {
+        AppState::with_codecs(backend, Arc::new(Codecs::new(codecs)), default_model, max_body_bytes)
+    }
+
+    /// `new` over a codec registry shared with the model manager.
+    pub fn with_codecs(backend: Arc<dyn Backend>, codecs: Arc<Codecs>, default_model: Option<String>, max_body_bytes: usize) -> AppState {
         AppState { backend, codecs, default_model, max_body_bytes, started: unix_now() }
     }
 
@@ -66,7 +82,7 @@ impl AppState {
     pub fn model_ctx(&self, name: &str) -> Result<ModelCtx, ApiError> {
         let codec = self.codecs.get(name).ok_or_else(|| ApiError::UnknownModel(name.to_string()))?;
         let limits = self.backend.limits(name).ok_or_else(|| ApiError::NotReady(format!("model `{name}` is not ready")))?;
-        Ok(ModelCtx { codec: codec.clone(), limits })
+        Ok(ModelCtx { codec, limits })
     }
 }
 
@@ -99,12 +115,48 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
 /// Submit every request; if one is refused, the ones already admitted are
 /// dropped (which cancels them) and the refusal is returned.
 pub async fn submit_all(backend: &dyn Backend, reqs: Vec<GenerateRequest>) -> Result<Vec<Generation>, ApiError> {
-    let mut gens = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        gens.push(backend.submit(r).await?);
-    }
-    Ok(gens)
+    submit_all_with(backend, reqs, RouteHints::default()).await
 }
+
+/// `submit_all` with routing hints for the first request; the others are
+/// pinned to the version that got the first, so one response (all its
+/// prompts and `n` choices) is served wholly by one version. If that
+/// version stops taking requests in between (a swap made it drain), the
+/// admitted ones are cancelled and all are submitted again.
+pub async fn submit_all_with(backend: &dyn Backend, reqs: Vec<GenerateRequest>, hints: RouteHints) -> Result<Vec<Generation>, ApiError> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let mut gens: Vec<Generation> = Vec::with_capacity(reqs.len());
+        let mut refused = None;
+        for r in &reqs {
+            let mut h = hints.clone();
+            h.version = gens.first().map(|g| g.version.clone()).or(h.version);
+            match backend.submit_with(r.clone(), h).await {
+                Ok(g) => gens.push(g),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        match refused {
+            None => return Ok(gens),
+            Some(SubmitError::NotReady(_)) if !gens.is_empty() && attempt < ATTEMPTS => attempt += 1,
+            Some(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The client's routing wishes: `x-session-id` keeps a session on one side
+/// of a canary split.
+pub fn route_hints(req: &HttpRequest) -> RouteHints {
+    let session_id = req.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()).filter(|s| !s.is_empty()).map(str::to_string);
+    RouteHints { session_id, version: None }
+}
+
+/// The header naming a client session (sticky canary routing).
+pub const SESSION_HEADER: &str = "x-session-id";
 
 /// One generated token as the responses report it.
 #[derive(Debug, Clone)]
@@ -154,21 +206,6 @@ pub fn openai_finish(f: Finish) -> &'static str {
     }
 }
 
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
-}
-
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let models: Vec<_> = state.backend.models().into_iter().map(|m| json!({"model": m.name, "version": m.version, "ready": m.ready})).collect();
-    let ok = state.backend.is_ready();
-    let body = json!({"ready": ok, "models": models});
-    if ok {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
-}
-
 /// Engine counters per replica (tests and operators).
 async fn stats(state: web::Data<AppState>) -> HttpResponse {
     let replicas: Vec<_> = state
@@ -209,12 +246,14 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, OpenAiError> {
 /// Register every route of the API on `cfg`, sharing `state`.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     cfg.app_data(state)
-        .route("/health", web::get().to(health))
-        .route("/health/live", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/health/ready", web::get().to(ready))
+        .route("/health", web::get().to(health::live))
+        .route("/health/live", web::get().to(health::live))
+        .route("/ready", web::get().to(health::ready))
+        .route("/health/ready", web::get().to(health::ready))
         .route("/stats", web::get().to(stats))
         .route("/v1/models", web::get().to(list_models))
+        // Before the catch-all below, which would take `{id}/ready` as an id.
+        .route("/v1/models/{id:.*}/ready", web::get().to(health::model_ready))
         .route("/v1/models/{id:.*}", web::get().to(get_model))
         .route("/v1/completions", web::post().to(openai::completions))
         .route("/v1/chat/completions", web::post().to(openai::chat_completions))
@@ -226,6 +265,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     // The batch routes use the `web::Data<batches::BatchService>` that
     // `serve` registers.
     batches::configure(cfg);
+    // The admin routes use the `web::Data<ModelManager>` that `serve` registers.
+    admin::configure(cfg);
 }
 
 /// The app: routes plus the request-id middleware and the JSON 404.
@@ -254,16 +295,18 @@ fn batch_executor(state: web::Data<AppState>) -> batches::LineExecutor {
 
 /// Serve on `listener` until the process is asked to stop. Prints
 /// `listening on http://ADDR` on stdout once bound (tests read it). Batch
-/// jobs are kept in `data_dir/batches.redb`; unfinished ones resume.
-pub async fn serve(listener: TcpListener, state: AppState, data_dir: &std::path::Path, batch_concurrency: usize) -> std::io::Result<()> {
+/// jobs are kept in `data_dir/batches.redb`; unfinished ones resume. The
+/// admin routes drive `manager`.
+pub async fn serve(listener: TcpListener, state: AppState, manager: Arc<ModelManager>, data_dir: &std::path::Path, batch_concurrency: usize) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let state = web::Data::new(state);
+    let manager = web::Data::from(manager);
     std::fs::create_dir_all(data_dir)?;
     let db = data_dir.join("batches.redb");
     let jobs = batches::BatchService::open(&db, batch_executor(state.clone()), batch_concurrency)
         .map_err(|e| std::io::Error::other(format!("opening {}: {e}", db.display())))?;
     let jobs = web::Data::new(jobs);
-    let server = HttpServer::new(move || app(state.clone()).app_data(jobs.clone())).listen(listener)?.run();
+    let server = HttpServer::new(move || app(state.clone()).app_data(jobs.clone()).app_data(manager.clone())).listen(listener)?.run();
     println!("listening on http://{addr}");
     use std::io::Write;
     std::io::stdout().flush()?;

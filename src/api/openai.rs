@@ -20,9 +20,10 @@ use super::openai_types::{
 use super::request_id::{RequestId, VERSION_HEADER};
 use super::validate::{self, GenJob, Route};
 use super::{
-    collect_all, openai_finish, read_body, response_id, submit_all, unix_now, AppState, Collected,
-    TokenOut,
+    collect_all, openai_finish, read_body, response_id, route_hints, submit_all_with, unix_now,
+    AppState, Collected, TokenOut,
 };
+use inferd_actors::deployment::RouteHints;
 
 pub async fn completions(
     state: web::Data<AppState>,
@@ -51,15 +52,16 @@ async fn handle(
 ) -> Result<HttpResponse, OpenAiError> {
     let body = read_body(&req, payload, state.max_body_bytes).await?;
     let job = parse_job(&state, &body, route, Priority::Interactive)?;
+    let hints = route_hints(&req);
     if job.stream {
         let ctx = state.model_ctx(&job.model)?;
-        let gens = submit_all(state.backend.as_ref(), job.requests(&rid.0)).await?;
+        let gens = submit_all_with(state.backend.as_ref(), job.requests(&rid.0), hints).await?;
         let version = gens.first().map(|g| g.version.clone()).unwrap_or_default();
         let meta = stream_meta(route, &job.model, &version);
         let body = openai_stream::body(route, meta, &job, gens, ctx.codec);
         return Ok(super::sse::response(body, &version));
     }
-    let (version, json) = run_to_json(&state, &job, route, &rid.0).await?;
+    let (version, json) = run_to_json(&state, &job, route, &rid.0, hints).await?;
     Ok(HttpResponse::Ok().insert_header((VERSION_HEADER, version)).json(json))
 }
 
@@ -81,9 +83,9 @@ fn stream_meta(route: Route, model: &str, version: &str) -> StreamMeta {
 
 /// Run a non-streaming job to its end; returns the serving version and the
 /// OpenAI response body.
-async fn run_to_json(state: &AppState, job: &GenJob, route: Route, request_id: &str) -> Result<(String, serde_json::Value), ApiError> {
+async fn run_to_json(state: &AppState, job: &GenJob, route: Route, request_id: &str, hints: RouteHints) -> Result<(String, serde_json::Value), ApiError> {
     let ctx = state.model_ctx(&job.model)?;
-    let gens = submit_all(state.backend.as_ref(), job.requests(request_id)).await?;
+    let gens = submit_all_with(state.backend.as_ref(), job.requests(request_id), hints).await?;
     let version = gens.first().map(|g| g.version.clone()).unwrap_or_default();
     let meta = stream_meta(route, &job.model, &version);
     let results = collect_all(gens).await?;
@@ -109,7 +111,7 @@ pub async fn run_batch_line(state: &AppState, url: &str, body: &serde_json::Valu
         let mut job = parse_job(state, &bytes, route, Priority::Batch)?;
         // A batch line always answers with one JSON body.
         job.stream = false;
-        run_to_json(state, &job, route, request_id).await
+        run_to_json(state, &job, route, request_id, RouteHints::default()).await
     }
     .await;
     match outcome {

@@ -24,7 +24,7 @@ use super::errors::{ApiError, Dialect, TgiError};
 use super::request_id::{RequestId, VERSION_HEADER};
 use super::sse::push_event;
 use super::validate::{self, GenJob, Route};
-use super::{collect, read_body, submit_all, AppState, Collected};
+use super::{collect, read_body, route_hints, submit_all_with, AppState, Collected};
 
 /// TGI's default `max_new_tokens` when the body gives none.
 const DEFAULT_MAX_NEW_TOKENS: i64 = 100;
@@ -229,8 +229,9 @@ async fn parse(
     validate(state, raw)
 }
 
-async fn start(state: &AppState, rid: &RequestId, t: &TgiJob) -> Result<Generation, ApiError> {
-    let mut gens = submit_all(state.backend.as_ref(), t.job.requests(&rid.0)).await?;
+async fn start(state: &AppState, rid: &RequestId, req: &HttpRequest, t: &TgiJob) -> Result<Generation, ApiError> {
+    let hints = route_hints(req);
+    let mut gens = submit_all_with(state.backend.as_ref(), t.job.requests(&rid.0), hints).await?;
     gens.pop()
         .ok_or_else(|| ApiError::Generation("no generation was started".to_string()))
 }
@@ -238,10 +239,11 @@ async fn start(state: &AppState, rid: &RequestId, t: &TgiJob) -> Result<Generati
 async fn run_json(
     state: &AppState,
     rid: &RequestId,
+    req: &HttpRequest,
     t: TgiJob,
     as_list: bool,
 ) -> Result<HttpResponse, ApiError> {
-    let g = start(state, rid, &t).await?;
+    let g = start(state, rid, req, &t).await?;
     let version = g.version.clone();
     let body = response_json(&t, collect(g).await?);
     let body = if as_list {
@@ -257,9 +259,10 @@ async fn run_json(
 async fn run_stream(
     state: &AppState,
     rid: &RequestId,
+    req: &HttpRequest,
     t: TgiJob,
 ) -> Result<HttpResponse, ApiError> {
-    let g = start(state, rid, &t).await?;
+    let g = start(state, rid, req, &t).await?;
     let version = g.version.clone();
     Ok(super::sse::response(stream_body(t, g), &version))
 }
@@ -340,7 +343,7 @@ pub async fn generate(
     payload: web::Payload,
 ) -> Result<HttpResponse, TgiError> {
     let t = parse(&state, &req, payload).await?;
-    Ok(run_json(&state, &rid, t, false).await?)
+    Ok(run_json(&state, &rid, &req, t, false).await?)
 }
 
 pub async fn generate_stream(
@@ -350,7 +353,7 @@ pub async fn generate_stream(
     payload: web::Payload,
 ) -> Result<HttpResponse, TgiError> {
     let t = parse(&state, &req, payload).await?;
-    Ok(run_stream(&state, &rid, t).await?)
+    Ok(run_stream(&state, &rid, &req, t).await?)
 }
 
 /// `POST /`: TGI's compat route, which the `text-generation` client calls.
@@ -362,9 +365,9 @@ pub async fn compat(
 ) -> Result<HttpResponse, TgiError> {
     let t = parse(&state, &req, payload).await?;
     if t.job.stream {
-        Ok(run_stream(&state, &rid, t).await?)
+        Ok(run_stream(&state, &rid, &req, t).await?)
     } else {
-        Ok(run_json(&state, &rid, t, true).await?)
+        Ok(run_json(&state, &rid, &req, t, true).await?)
     }
 }
 

@@ -214,10 +214,11 @@ async fn start(
                     finish,
                     usage,
                     seed,
+                    version,
                     ..
                 } => {
                     let usage = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.prompt_tokens + usage.completion_tokens});
-                    (json!({"type": "done", "id": id, "finish_reason": openai_finish(finish), "usage": usage, "seed": seed}).to_string(), true)
+                    (json!({"type": "done", "id": id, "finish_reason": openai_finish(finish), "usage": usage, "seed": seed, "version": version}).to_string(), true)
                 }
                 Event::Error { message } => (error_msg(&id, &ApiError::Generation(message)), true),
             };

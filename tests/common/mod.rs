@@ -2,6 +2,7 @@
 //! block allocator that hands out scattered block ids so paging is exercised.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod server;
 
 use std::path::PathBuf;

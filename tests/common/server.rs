@@ -24,6 +24,13 @@ impl ServerProcess {
     /// Start `inferd serve --config <dir>/inferd.toml` with `config` and wait
     /// until /health/ready (or /ready) answers 200, at most `ready_within`.
     pub fn start(dir: &Path, config: &str, ready_within: Duration) -> ServerProcess {
+        let server = ServerProcess::spawn(dir, config);
+        server.wait_ready(ready_within);
+        server
+    }
+
+    /// Start it and return once it listens, without waiting for the models.
+    pub fn spawn(dir: &Path, config: &str) -> ServerProcess {
         std::fs::create_dir_all(dir).expect("test dir");
         let cfg = dir.join("inferd.toml");
         std::fs::write(&cfg, config).expect("write config");
@@ -38,9 +45,7 @@ impl ServerProcess {
         let line = lines.next().expect("server printed nothing").expect("read stdout");
         let base = line.strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_string();
         std::thread::spawn(move || for _ in lines {});
-        let server = ServerProcess { base, child };
-        server.wait_ready(ready_within);
-        server
+        ServerProcess { base, child }
     }
 
     pub fn wait_ready(&self, within: Duration) {
