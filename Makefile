@@ -35,6 +35,12 @@ bench: setup
 	$(CARGO) bench --bench engine
 	$(INFERD_CACHE)/venv/bin/python benches/transformers_engine.py
 
+# inferd against llama-server, llama-cpp-python and transformers serve, by hand on a
+# quiet machine (benches/compare/README.md). COMPARE_ARGS="--smoke" for a quick check.
+.PHONY: compare
+compare: setup
+	bash benches/compare/run.sh $(COMPARE_ARGS)
+
 fixtures:
 	@$(INFERD_CACHE)/venv/bin/python weights/make_fixtures.py --out weights/fixtures
 

@@ -1,0 +1,141 @@
+"""Machine facts for the comparison: CPU, memory bandwidth, weight bytes.
+
+Memory bandwidth is measured with numpy on a 512 MiB array (far beyond any
+cache): copy (bytes read + bytes written per second) and read (a max-reduce), each
+with 1 thread and with one thread per core (numpy releases the GIL in both).
+The highest figure is the one the one-stream bounds use.
+
+A decode step of one stream reads every weight once (SmolLM2's embedding is
+tied to the LM head, so the whole table is read too), so
+    tok/s bound = bandwidth / weight bytes
+for the weights in f32, bf16 and as stored in the GGUF (Q4_1, embedding Q8_0).
+
+Usage: python membw.py --gguf FILE --out machine.json [--set key=value ...]
+Needs numpy and gguf (the torch venv has both).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+MIB = 1 << 20
+
+
+def best_time(fn, repeat=5):
+    fn()  # warm: fault the pages in
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def threaded(parts, fn):
+    def run():
+        ts = [threading.Thread(target=fn, args=(p,)) for p in parts]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    return run
+
+
+def bandwidth(size_mib=512):
+    n = size_mib * MIB // 8
+    src = np.ones(n, dtype=np.float64)
+    dst = np.empty_like(src)
+    nbytes = src.nbytes
+    cores = os.cpu_count() or 1
+    idx = np.linspace(0, n, cores + 1, dtype=np.int64)
+    halves = [(int(a), int(b)) for a, b in zip(idx[:-1], idx[1:])]
+    out = {}
+    out["copy_1t_gbs"] = 2 * nbytes / best_time(lambda: np.copyto(dst, src)) / 1e9
+    out[f"copy_{cores}t_gbs"] = 2 * nbytes / best_time(
+        threaded(halves, lambda p: np.copyto(dst[p[0] : p[1]], src[p[0] : p[1]]))
+    ) / 1e9
+    out["read_1t_gbs"] = nbytes / best_time(lambda: src.max()) / 1e9
+    out[f"read_{cores}t_gbs"] = nbytes / best_time(threaded(halves, lambda p: src[p[0] : p[1]].max())) / 1e9
+    out = {k: round(v, 2) for k, v in out.items()}
+    out["array_mib"] = size_mib
+    return out
+
+
+def weights(path):
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    params = 0
+    stored = 0
+    types = {}
+    for t in reader.tensors:
+        params += int(t.n_elements)
+        stored += int(t.n_bytes)
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return {
+        "file": os.path.basename(path),
+        "params": params,
+        "f32_bytes": 4 * params,
+        "bf16_bytes": 2 * params,
+        "gguf_bytes": stored,
+        "gguf_types_params": types,
+    }
+
+
+def cpu():
+    info = {"cpus": os.cpu_count()}
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in text.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("Model name", "CPU(s)", "Thread(s) per core", "L3 cache", "L2 cache", "Hypervisor vendor"):
+                info[k.strip()] = v.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            info["MemTotal"] = f.readline().split(":")[1].strip()
+    except OSError:
+        pass
+    return info
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--set", nargs="*", default=[], help="extra key=value facts to record")
+    a = ap.parse_args()
+
+    bw = bandwidth(a.size_mib)
+    used = max(v for k, v in bw.items() if k.endswith("_gbs"))
+    w = weights(a.gguf)
+    doc = {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": cpu(),
+        "bandwidth": dict(bw, used_gbs=used),
+        "weights": w,
+        "one_stream_bound_tok_s": {
+            "f32": round(used * 1e9 / w["f32_bytes"], 1),
+            "bf16": round(used * 1e9 / w["bf16_bytes"], 1),
+            "q4_1": round(used * 1e9 / w["gguf_bytes"], 1),
+        },
+    }
+    for kv in a.set:
+        k, _, v = kv.partition("=")
+        doc[k] = v
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(json.dumps({"bandwidth": doc["bandwidth"], "one_stream_bound_tok_s": doc["one_stream_bound_tok_s"]}))
+
+
+if __name__ == "__main__":
+    main()
