@@ -72,6 +72,8 @@ fn request(n: usize, max_tokens: usize) -> GenerateRequest {
         ignore_eos: true,
         priority: Priority::Interactive,
         request_id: format!("bench-{n}"),
+        deadline: None,
+        use_cache: false,
     }
 }
 

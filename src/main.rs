@@ -245,6 +245,10 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     let max_body = cfg.server.max_body_bytes;
     let data_dir = cfg.server.data_dir.clone();
     let batch_concurrency = cfg.server.batch_concurrency;
+    // Before the engine starts, so the first replica's series are recorded.
+    if let Err(e) = inferd::api::metrics::install() {
+        eprintln!("warning: /metrics disabled: {e}");
+    }
     actix_rt::System::new().block_on(async move {
         let factory: inferd_actors::engine::ExecutorFactory<TchExecutor> =
             Arc::new(|device: &str| TchExecutor::new(device));

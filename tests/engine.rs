@@ -119,6 +119,8 @@ fn request(
         ignore_eos: false,
         priority: Priority::Interactive,
         request_id: String::new(),
+        deadline: None,
+        use_cache: false,
     }
 }
 

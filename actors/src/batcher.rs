@@ -37,6 +37,9 @@ use crate::worker::{Step, StepError};
 /// Prompt ids given to the incremental decoder as left context (tokenizers
 /// that strip a leading space need some; vLLM uses a handful too).
 const DETOK_PROMPT_CONTEXT: usize = 5;
+/// Start of the error message of a request whose deadline passed (the API
+/// maps it to a timeout status).
+pub const DEADLINE_EXCEEDED: &str = "deadline exceeded";
 /// Retry delay when work exists but nothing could be scheduled (defensive:
 /// `Scheduler::add` refuses what the pool can never hold).
 const EMPTY_BATCH_RETRY: Duration = Duration::from_millis(5);
@@ -124,6 +127,7 @@ struct Live {
     arrived: Instant,
     /// When its previous token was streamed (inter-token latency).
     last_token: Option<Instant>,
+    deadline: Option<Instant>,
 }
 
 /// How one sampled token leaves its request.
@@ -273,6 +277,7 @@ impl Batcher {
             self.switch_worker(w);
         }
         self.reap_closed();
+        self.reap_expired();
         if self.sched.is_idle() {
             self.metrics.step(0, 0, 0, 0);
             self.publish();
@@ -338,6 +343,22 @@ impl Batcher {
         for id in gone {
             self.sched.abort(id);
             self.end(id, Ending::Gone);
+        }
+    }
+
+    /// Ends requests whose deadline has passed (blocks freed before scheduling).
+    fn reap_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<SeqId> = self
+            .live
+            .iter()
+            .filter(|(_, st)| st.deadline.is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.sched.abort(id);
+            let message = format!("{DEADLINE_EXCEEDED}: the request's deadline passed before it finished");
+            self.end(id, Ending::Error(ErrorType::Timeout, message));
         }
     }
 
@@ -604,6 +625,7 @@ impl Handler<Submit> for Batcher {
             has_sampler: false,
             arrived: Instant::now(),
             last_token: None,
+            deadline: req.deadline,
         };
         let added = self.sched.add(Sequence::new(
             seq_id,

@@ -205,6 +205,17 @@ impl Engine {
     }
 
     /// Number of worker restarts so far (tests).
+    /// Sizes the response cache shared by all models (0, the default,
+    /// disables it). Entries are keyed by version, so swaps never mix them.
+    pub fn set_response_cache_bytes(&self, bytes: usize) {
+        self.router.set_response_cache_bytes(bytes);
+    }
+
+    /// (entries, bytes, hits, misses) of the response cache.
+    pub fn response_cache_stats(&self) -> (usize, usize, u64, u64) {
+        self.router.response_cache_stats()
+    }
+
     pub fn worker_restarts(&self) -> u64 {
         self.health.worker_restarts()
     }

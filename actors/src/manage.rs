@@ -83,6 +83,8 @@ impl Engine {
                 ignore_eos: true,
                 priority: Priority::Interactive,
                 request_id: "warm-up".into(),
+                deadline: None,
+                use_cache: false,
             };
             let mut h = self
                 .router

@@ -32,6 +32,7 @@ pub const WAITING: &str = "inferd_requests_waiting";
 pub const KV_USAGE: &str = "inferd_kv_cache_usage_ratio";
 pub const BATCH_SIZE: &str = "inferd_batch_size";
 pub const MODELS_LOADED: &str = "inferd_models_loaded";
+pub const RESPONSE_CACHE_HITS: &str = "inferd_response_cache_hits_total";
 
 /// The latency histograms' buckets, in seconds (a CPU token can take a
 /// second at batch 64, a GPU one a few milliseconds).
@@ -79,6 +80,11 @@ impl ErrorType {
 pub fn count_error(model: &str, version: &str, kind: ErrorType) {
     counter!(ERRORS, "model" => model.to_string(), "version" => version.to_string(), "type" => kind.label())
         .increment(1);
+}
+
+/// Count a request of `model`/`version` answered from the response cache.
+pub fn count_cache_hit(model: &str, version: &str) {
+    counter!(RESPONSE_CACHE_HITS, "model" => model.to_string(), "version" => version.to_string()).increment(1);
 }
 
 fn finish_label(f: Finish) -> &'static str {

@@ -1,6 +1,8 @@
 //! The in-process engine API's types: what a caller submits, the events it
 //! receives on its stream, and why a submission can be refused.
 
+use std::time::Instant;
+
 use crate::sampler::SamplingParams;
 use crate::sequence::Priority;
 
@@ -21,6 +23,12 @@ pub struct GenerateRequest {
     pub priority: Priority,
     /// Caller-chosen id for logs and tracing (e.g. x-request-id).
     pub request_id: String,
+    /// When the request must be over: past it, it ends with a timeout
+    /// error and its blocks are freed (checked before every step).
+    pub deadline: Option<Instant>,
+    /// May be answered from, and stored in, the response cache (when the
+    /// engine has one and the request is deterministic).
+    pub use_cache: bool,
 }
 
 /// Why a generation ended.

@@ -210,6 +210,8 @@ mod tests {
             ignore_eos: false,
             priority: Priority::Interactive,
             request_id: "r".into(),
+            deadline: None,
+            use_cache: false,
         }
     }
 

@@ -29,7 +29,10 @@ use crate::block_manager::chain_hash;
 use crate::deployment::{Deployment, ManageError, RouteHints};
 use crate::engine::{ModelDeployment, RequestHandle, RequestId};
 use crate::executor::{ReplicaId, ReplicaInfo};
-use crate::request::{GenerateRequest, SubmitError};
+use crate::metrics::{count_error, ErrorType};
+use crate::metrics::count_cache_hit;
+use crate::request::{Event, GenerateRequest, SubmitError};
+use crate::response_cache::{CacheKey, ResponseCache};
 
 /// Prompt prefixes remembered per model for affinity (oldest forgotten first).
 pub const AFFINITY_CAPACITY: usize = 4096;
@@ -194,6 +197,8 @@ pub struct Router {
     names: RwLock<Vec<String>>,
     next_id: AtomicU64,
     index: RequestIndex,
+    /// Finished streams of deterministic requests (disabled until sized).
+    cache: Arc<Mutex<ResponseCache>>,
 }
 
 impl Router {
@@ -211,7 +216,19 @@ impl Router {
             names: RwLock::new(names),
             next_id: AtomicU64::new(1),
             index: Arc::new(DashMap::new()),
+            cache: Arc::new(Mutex::new(ResponseCache::new(0))),
         }
+    }
+
+    /// Sizes the response cache (0 disables it; entries are dropped).
+    pub fn set_response_cache_bytes(&self, bytes: usize) {
+        *self.cache.lock() = ResponseCache::new(bytes);
+    }
+
+    /// (entries, bytes, hits, misses) of the response cache.
+    pub fn response_cache_stats(&self) -> (usize, usize, u64, u64) {
+        let c = self.cache.lock();
+        (c.len(), c.used_bytes(), c.hits(), c.misses())
     }
 
     pub fn index(&self) -> RequestIndex {
@@ -296,8 +313,24 @@ impl Router {
         let Some(first) = ready.first() else {
             return Err(SubmitError::NotReady(req.model.clone()));
         };
-        validate(&req, &first.info)?;
-        check_queue(&req, entry.limits, &ready)?;
+        let counted = |e: SubmitError| {
+            let kind = match e {
+                SubmitError::Overloaded { .. } => ErrorType::Rejected,
+                _ => ErrorType::Invalid,
+            };
+            count_error(&req.model, &version, kind);
+            e
+        };
+        validate(&req, &first.info).map_err(counted)?;
+        // A cached answer needs no capacity: looked up before the queue check.
+        let cache_key = self.cache_key(&req, &version);
+        if let Some(key) = &cache_key {
+            if let Some(events) = self.cache.lock().get(key) {
+                count_cache_hit(&req.model, &version);
+                return Ok(self.replay(req.model, version, events));
+            }
+        }
+        check_queue(&req, entry.limits, &ready).map_err(counted)?;
         let key = affinity_key(&req.prompt, first.info.block_size);
         let preferred = key.and_then(|k| entry.affinity.get(k));
         let cands: Vec<Candidate> = ready
@@ -318,7 +351,11 @@ impl Router {
         }
         chosen.gauge.reserve(req.prompt.len());
         drop(entry);
-        Ok(self.dispatch(&chosen, req))
+        let mut handle = self.dispatch(&chosen, req);
+        if let Some(key) = cache_key {
+            handle.events = record_into(self.cache.clone(), key, handle.events);
+        }
+        Ok(handle)
     }
 
     /// Sends an internal request (the warm-up) to one replica whatever its
@@ -344,6 +381,31 @@ impl Router {
     }
 
     /// Queues a reserved request on its replica's batcher.
+    /// The cache key of `req` on `version`, when it may use the cache.
+    fn cache_key(&self, req: &GenerateRequest, version: &str) -> Option<CacheKey> {
+        // A stream is recorded by a task: none outside a runtime (unit tests).
+        let usable = req.use_cache
+            && self.cache.lock().is_enabled()
+            && tokio::runtime::Handle::try_current().is_ok();
+        usable.then(|| CacheKey::of(req, version)).flatten()
+    }
+
+    /// A handle whose stream is `events`, already complete.
+    fn replay(&self, model: String, version: String, events: Vec<Event>) -> RequestHandle {
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::SeqCst));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for ev in events {
+            // `rx` is held right here, so the send cannot fail.
+            let _ = tx.send(ev);
+        }
+        RequestHandle {
+            id,
+            model,
+            version,
+            events: rx,
+        }
+    }
+
     fn dispatch(&self, chosen: &Replica, req: GenerateRequest) -> RequestHandle {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::SeqCst));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -542,6 +604,37 @@ fn validate(req: &GenerateRequest, info: &ReplicaInfo) -> Result<(), SubmitError
             field: e.field,
             message: e.to_string(),
         })
+}
+
+/// Forwards `from` to a new stream, recording it; a stream that ends in
+/// `Done` is stored under `key`. A client that goes away closes `from` too,
+/// so the batcher aborts the request as it would without the cache.
+fn record_into(
+    cache: Arc<Mutex<ResponseCache>>,
+    key: CacheKey,
+    mut from: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Event> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        loop {
+            let ev = tokio::select! {
+                ev = from.recv() => ev,
+                _ = tx.closed() => return,
+            };
+            let Some(ev) = ev else { return };
+            let last = matches!(ev, Event::Done { .. } | Event::Error { .. });
+            seen.push(ev.clone());
+            if tx.send(ev).is_err() {
+                return;
+            }
+            if last {
+                cache.lock().insert(key, seen);
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn check_queue(

@@ -90,6 +90,8 @@ fn request(model: &str, prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest 
         ignore_eos: false,
         priority: Priority::Interactive,
         request_id: "test".into(),
+        deadline: None,
+        use_cache: false,
     }
 }
 

@@ -15,6 +15,9 @@
 
 pub mod admin;
 pub mod admin_error;
+pub mod access;
+pub mod audit;
+pub mod auth;
 pub mod backend;
 pub mod batches;
 pub mod codec;
@@ -23,6 +26,7 @@ pub mod errors;
 #[cfg(test)]
 pub mod fake;
 pub mod health;
+pub mod metrics;
 pub mod model_manager;
 pub mod openai;
 mod openai_stream;
@@ -267,6 +271,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     batches::configure(cfg);
     // The admin routes use the `web::Data<ModelManager>` that `serve` registers.
     admin::configure(cfg);
+    metrics::configure(cfg);
 }
 
 /// The app: routes plus the request-id middleware and the JSON 404.

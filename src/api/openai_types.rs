@@ -92,6 +92,9 @@ pub struct RawRequest {
     pub min_p: Option<f64>,
     pub repetition_penalty: Option<f64>,
     pub ignore_eos: Option<bool>,
+    /// inferd's: seconds the request may take in all (a deadline); past it
+    /// the request ends with a timeout error. Default: `[server] request_timeout_secs`.
+    pub timeout: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]

@@ -174,6 +174,8 @@ fn validate(state: &AppState, raw: TgiRequest) -> Result<TgiJob, ApiError> {
         stream: raw.stream,
         include_usage: false,
         priority: inferd_actors::sequence::Priority::Interactive,
+        timeout: None,
+        use_cache: true,
     };
     let prefix = p.return_full_text.unwrap_or(false).then_some(inputs);
     Ok(TgiJob {

@@ -4,6 +4,7 @@
 //! messages), because the context check needs its length.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use inferd_actors::request::GenerateRequest;
 use inferd_actors::sampler::{SamplingParams, MAX_LOGPROBS};
@@ -53,6 +54,12 @@ pub struct GenJob {
     pub include_usage: bool,
     /// Interactive for HTTP callers, Batch for batch-job lines.
     pub priority: Priority,
+    /// The request's own time limit (`timeout`); the server default applies
+    /// when absent (see `with_defaults`).
+    pub timeout: Option<Duration>,
+    /// Deterministic requests may be answered from the response cache
+    /// (off with the `x-inferd-cache: bypass` header).
+    pub use_cache: bool,
 }
 
 impl GenJob {
@@ -60,6 +67,8 @@ impl GenJob {
     /// sample `j`, seeded `seed + j` when a seed was given.
     pub fn requests(&self, request_id: &str) -> Vec<GenerateRequest> {
         let mut out = Vec::with_capacity(self.prompts.len() * self.n);
+        // One deadline for every choice: the request as a whole is timed.
+        let deadline = self.timeout.map(|t| Instant::now() + t);
         for prompt in &self.prompts {
             for j in 0..self.n {
                 let mut sampling = self.sampling.clone();
@@ -74,6 +83,8 @@ impl GenJob {
                     ignore_eos: self.ignore_eos,
                     priority: self.priority,
                     request_id: request_id.to_string(),
+                    deadline,
+                    use_cache: self.use_cache,
                 });
             }
         }
@@ -206,7 +217,24 @@ pub fn openai(
         stream,
         include_usage,
         priority: Priority::Interactive,
+        timeout: timeout(raw.timeout)?,
+        use_cache: true,
     })
+}
+
+/// Longest `timeout` a request may ask for (a day).
+pub const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// The `timeout` field: positive seconds, at most [`MAX_TIMEOUT_SECS`].
+pub fn timeout(secs: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s > 0.0 && s <= MAX_TIMEOUT_SECS => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(ApiError::invalid(
+            "timeout",
+            format!("timeout must be in (0, {MAX_TIMEOUT_SECS}] seconds, got {s}"),
+        )),
+    }
 }
 
 /// `max_tokens` checked against the context left after the longest prompt.
