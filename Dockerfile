@@ -61,4 +61,7 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf "GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" >&3 && head -n1 <&3 | grep -q " 200 "'
 ENTRYPOINT ["inferd"]
-CMD ["serve", "--config", "/app/config/default.toml", "--host", "0.0.0.0", "--port", "8080"]
+# The default command is a local demo without API keys (it warns at start);
+# real deployments mount a config with [auth] keys_file or set
+# INFERD_API_KEYS_FILE, and drop --allow-unauthenticated.
+CMD ["serve", "--config", "/app/config/default.toml", "--host", "0.0.0.0", "--port", "8080", "--allow-unauthenticated"]

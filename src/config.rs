@@ -16,6 +16,8 @@ use inferd_actors::engine::{EngineConfig, ModelDeployment};
 use inferd_actors::executor::ModelSpec;
 use serde::{Deserialize, Serialize};
 
+pub use crate::ops_config::{AuditConfig, AuthConfig, LogConfig, LogFormat};
+
 /// Default bind address (loopback: exposing the server is a deliberate act).
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 8080;
@@ -41,6 +43,12 @@ pub enum ConfigError {
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub log: LogConfig,
     pub models: BTreeMap<String, ModelConfig>,
 }
 
@@ -63,6 +71,14 @@ pub struct ServerConfig {
     /// name, so versions loaded at run time (`POST /admin/models/...`) can
     /// use them.
     pub devices: Vec<String>,
+    /// Deadline of an HTTP request that sets no `timeout` of its own, in
+    /// seconds (0: none). The request then ends with a timeout status.
+    pub request_timeout_secs: f64,
+    /// Bytes of the response cache (repeated greedy or seeded requests),
+    /// in MiB; 0 turns it off.
+    pub response_cache_mb: u64,
+    /// On SIGTERM: how long running requests get to finish before exit.
+    pub shutdown_grace_secs: f64,
 }
 
 impl Default for ServerConfig {
@@ -75,9 +91,17 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             batch_concurrency: DEFAULT_BATCH_CONCURRENCY,
             devices: Vec::new(),
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            response_cache_mb: 0,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
         }
     }
 }
+
+/// Default per-request deadline (10 minutes).
+const DEFAULT_REQUEST_TIMEOUT_SECS: f64 = 600.0;
+/// Default drain time on SIGTERM (Kubernetes' default grace is 30 s).
+const DEFAULT_SHUTDOWN_GRACE_SECS: f64 = 25.0;
 
 /// Default state directory, relative to the config file.
 const DEFAULT_DATA_DIR: &str = "../data";
@@ -184,6 +208,8 @@ impl Config {
         if cfg.server.data_dir.is_relative() {
             cfg.server.data_dir = base.join(&cfg.server.data_dir);
         }
+        cfg.auth.resolve(base);
+        cfg.audit.resolve(base);
         for model in cfg.models.values_mut() {
             for v in model.versions.values_mut() {
                 if v.source.is_relative() {
@@ -204,6 +230,17 @@ impl Config {
         }
         if self.server.batch_concurrency == 0 {
             return Err(invalid("server.batch_concurrency", "must be positive"));
+        }
+        let t = self.server.request_timeout_secs;
+        if !(0.0..=crate::api::validate::MAX_TIMEOUT_SECS).contains(&t) {
+            return Err(invalid("server.request_timeout_secs", format!("must be in [0, {}] (0: none), got {t}", crate::api::validate::MAX_TIMEOUT_SECS)));
+        }
+        let g = self.server.shutdown_grace_secs;
+        if !(0.0..=3600.0).contains(&g) {
+            return Err(invalid("server.shutdown_grace_secs", format!("must be in [0, 3600], got {g}")));
+        }
+        if self.audit.path.is_some() && self.audit.max_bytes < 1024 {
+            return Err(invalid("audit.max_bytes", "must be at least 1024"));
         }
         for d in &self.server.devices {
             check_device(d).map_err(|m| invalid("server.devices", m))?;
@@ -231,6 +268,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The default deadline of HTTP requests, if any.
+    pub fn request_timeout(&self) -> Option<std::time::Duration> {
+        let t = self.server.request_timeout_secs;
+        (t > 0.0).then(|| std::time::Duration::from_secs_f64(t))
     }
 
     /// The model answering routes that name none.

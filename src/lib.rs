@@ -22,4 +22,6 @@ pub mod exec;
 pub mod generate;
 pub mod model;
 pub mod models_cli;
+pub mod ops_config;
+pub mod serve_ops;
 pub mod ui;

@@ -46,6 +46,8 @@ enum Command {
     Bench(inferd::bench::BenchArgs),
     /// Manage the models of a running server (list, load, activate, rollback, canary, unload, remove).
     Models(inferd::models_cli::ModelsArgs),
+    /// API keys: print the hash of a key for the keys file, or make a new key.
+    Keys(inferd::serve_ops::KeysArgs),
     /// Write a model's logits for token id prompts (parity checks, scripts/gpu/parity.py).
     #[command(hide = true)]
     Logits(logits_cli::LogitsArgs),
@@ -62,6 +64,10 @@ struct ServeArgs {
     /// Overrides [server] port (0 = any free port; the bound address is printed).
     #[arg(long)]
     port: Option<u16>,
+    /// Serve without API keys on a non-loopback host (overrides
+    /// [auth] allow_unauthenticated; the server still warns at start).
+    #[arg(long)]
+    allow_unauthenticated: bool,
     /// Exit when stdin reaches end of file (tests: the server dies with its parent).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
@@ -227,6 +233,9 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     if let Some(p) = a.port {
         cfg.server.port = p;
     }
+    cfg.auth.allow_unauthenticated |= a.allow_unauthenticated;
+    inferd::serve_ops::init_logs(&cfg.log);
+    let access = inferd::serve_ops::access(&mut cfg)?;
     // The edge tokenizes prompts itself: one tokenizer per served model
     // (models added at run time get theirs from the model manager).
     let mut codecs: HashMap<String, Arc<dyn Codec>> = HashMap::new();
@@ -243,16 +252,23 @@ fn run_serve(a: ServeArgs) -> Result<()> {
     let engine_config = cfg.engine_config();
     let default_model = cfg.default_model().map(str::to_string);
     let max_body = cfg.server.max_body_bytes;
-    let data_dir = cfg.server.data_dir.clone();
-    let batch_concurrency = cfg.server.batch_concurrency;
+    let opts = inferd::api::ServeOptions {
+        data_dir: cfg.server.data_dir.clone(),
+        batch_concurrency: cfg.server.batch_concurrency,
+        access,
+        shutdown_grace: std::time::Duration::from_secs_f64(cfg.server.shutdown_grace_secs),
+    };
+    let default_timeout = cfg.request_timeout();
+    let response_cache_bytes = cfg.server.response_cache_mb << 20;
     // Before the engine starts, so the first replica's series are recorded.
     if let Err(e) = inferd::api::metrics::install() {
-        eprintln!("warning: /metrics disabled: {e}");
+        tracing::warn!("/metrics disabled: {e}");
     }
     actix_rt::System::new().block_on(async move {
         let factory: inferd_actors::engine::ExecutorFactory<TchExecutor> =
             Arc::new(|device: &str| TchExecutor::new(device));
         let engine = inferd_actors::engine::Engine::start(engine_config, factory);
+        engine.set_response_cache_bytes(response_cache_bytes as usize);
         let manager = Arc::new(ModelManager::new(
             engine.clone(),
             codecs.clone(),
@@ -265,21 +281,16 @@ fn run_serve(a: ServeArgs) -> Result<()> {
         actix_rt::spawn(async move {
             let t0 = Instant::now();
             match watcher.wait_ready(LOAD_REPORT_AFTER).await {
-                Ok(()) => eprintln!("models ready in {:.1}s", t0.elapsed().as_secs_f64()),
-                Err(e) => eprintln!("models failed to load: {e}"),
+                Ok(()) => tracing::info!("models ready in {:.1}s", t0.elapsed().as_secs_f64()),
+                Err(e) => tracing::error!("models failed to load: {e}"),
             }
             // The persisted active versions and canaries (routing.json).
             restorer.restore_persisted().await;
         });
         let backend = Arc::new(EngineBackend::new(engine, manager.restoring_flag()));
-        inferd::api::serve(
-            listener,
-            AppState::with_codecs(backend, codecs, default_model, max_body),
-            manager,
-            &data_dir,
-            batch_concurrency,
-        )
-        .await
+        let mut state = AppState::with_codecs(backend, codecs, default_model, max_body);
+        state.default_timeout = default_timeout;
+        inferd::api::serve(listener, state, manager, opts).await
     })?;
     Ok(())
 }
@@ -292,5 +303,6 @@ fn main() -> Result<()> {
         Command::Bench(a) => inferd::bench::run(a),
         Command::Models(a) => inferd::models_cli::run(a),
         Command::Logits(a) => logits_cli::run(a),
+        Command::Keys(a) => inferd::serve_ops::run_keys(a),
     }
 }

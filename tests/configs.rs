@@ -13,7 +13,14 @@ fn every_shipped_config_parses() {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("config/") {
         let path = entry.expect("entry").path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        let name = path.file_name().expect("name").to_string_lossy().to_string();
+        if name.starts_with("keys") && name.ends_with(".toml") {
+            // An API-keys file, not a server config.
+            let keys = inferd::ops_config::load_keys(Some(&path), None, None).unwrap_or_else(|e| panic!("{e}"));
+            inferd::api::auth::KeyStore::new(&keys, true, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(keys.len() >= 2, "{}", path.display());
+            names.push(name);
+        } else if path.extension().is_some_and(|e| e == "toml") {
             let cfg = Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(!cfg.engine_config().models.is_empty(), "{}", path.display());
             names.push(
@@ -27,7 +34,7 @@ fn every_shipped_config_parses() {
     names.sort();
     assert_eq!(
         names,
-        ["default.toml", "multi-model.toml", "production.toml"]
+        ["default.toml", "keys.example.toml", "multi-model.toml", "production.toml"]
     );
 }
 

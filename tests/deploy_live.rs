@@ -191,6 +191,7 @@ fn start_replica(dir: &Path, name: &'static str) -> Replica {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
         .spawn()
         .expect("spawn inferd serve");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -243,6 +244,7 @@ fn start_nginx(dir: &Path, replicas: &BTreeMap<&str, String>) -> Nginx {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
             .spawn()
             .expect("spawn nginx");
         let log: Log = Arc::new(Mutex::new(Vec::new()));
@@ -323,6 +325,7 @@ fn start_prometheus(dir: &Path, replicas: &BTreeMap<&str, String>) -> Prometheus
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
         .spawn()
         .expect("spawn prometheus");
     let mut proc = Proc { name: "prometheus".into(), child };
@@ -532,7 +535,6 @@ fn ws_token_times(addr: &str) -> Vec<Instant> {
 // ---- the test ----------------------------------------------------------------------
 
 #[test]
-#[ignore = "its Prometheus step needs /metrics (operability issue); run with --ignored"]
 fn nginx_and_prometheus_in_front_of_two_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let mut reps: Vec<Replica> = REPLICAS.iter().map(|n| start_replica(dir.path(), n)).collect();

@@ -589,7 +589,6 @@ fn compose_nginx() {
 }
 
 #[test]
-#[ignore = "scrapes /metrics, which lands with the operability issue; run with --ignored"]
 fn compose_prometheus_and_grafana() {
     let c = compose();
     let port = Dockerfile::load().port();
@@ -759,7 +758,6 @@ fn labels_match(selector: &Yaml, labels: &Yaml) -> bool {
 }
 
 #[test]
-#[ignore = "scrapes /metrics, which lands with the operability issue; run with --ignored"]
 fn kubernetes() {
     let k = K8s::load();
     let d = Dockerfile::load();

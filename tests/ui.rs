@@ -57,6 +57,7 @@ fn start_server(cfg: &Path) -> (Server, String) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
         .spawn()
         .expect("spawn inferd serve");
     let stdout = child.stdout.take().unwrap();

@@ -4,6 +4,12 @@
 //! client went away) the key's tokens are charged, its concurrency slot is
 //! given back and one audit line is written. Streams hold the slot for their
 //! whole length, as they hold the engine's capacity.
+//!
+//! It also counts requests in and out for graceful shutdown ([`Drain`]:
+//! while draining, everything but the open routes gets 503) and writes one
+//! `tracing` line per request (request id, key id, route, status, model,
+//! version, token counts, latency; never prompt or output text). The open
+//! routes (probes, metrics, console files) pass straight through.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,17 +21,30 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use actix_web::middleware::Next;
 use actix_web::web::{Bytes, Data};
-use actix_web::{Error, HttpResponse};
+use actix_web::{Error, HttpMessage, HttpResponse};
 use serde_json::json;
 
 use super::audit::{AuditLog, Ledger, Record, Served, LEDGER};
-use super::auth::{need_of, Denied, KeyStore, Permit};
-use super::request_id::REQUEST_ID_HEADER;
+use super::auth::{need_of, Denied, KeyStore, Need, Permit};
+use super::drain::{Drain, Running};
+use super::request_id::RequestId;
 
 /// What the middleware needs, registered as app data.
 pub struct Access {
     pub keys: KeyStore,
     pub audit: Option<AuditLog>,
+    pub drain: Arc<Drain>,
+}
+
+/// Seconds a client is told to wait before retrying a draining server (the
+/// load balancer should have moved it to another replica by then).
+const DRAIN_RETRY_AFTER_SECS: u64 = 5;
+
+fn draining_response() -> HttpResponse {
+    HttpResponse::ServiceUnavailable().insert_header(("retry-after", DRAIN_RETRY_AFTER_SECS.to_string())).json(json!({
+        "error": {"message": "the server is shutting down", "type": "server_error", "param": null, "code": "unavailable"},
+        "status": 503
+    }))
 }
 
 /// The key a request presents: `Authorization: Bearer <key>` or `x-api-key`.
@@ -73,6 +92,8 @@ fn unix_now_f64() -> f64 {
 struct Ending {
     access: Data<Access>,
     permit: Option<Permit>,
+    /// Held (for drain accounting) until the body is sent or dropped.
+    _running: Option<Running>,
     key_id: Option<String>,
     ledger: Arc<Ledger>,
     request_id: String,
@@ -85,6 +106,21 @@ struct Ending {
 impl Drop for Ending {
     fn drop(&mut self) {
         let served: Served = self.ledger.served();
+        let latency_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            target: "inferd::request",
+            request_id = %self.request_id,
+            key_id = self.key_id.as_deref().unwrap_or("-"),
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            model = served.model.as_deref().unwrap_or("-"),
+            version = served.version.as_deref().unwrap_or("-"),
+            prompt_tokens = served.prompt_tokens,
+            completion_tokens = served.completion_tokens,
+            latency_ms = format_args!("{latency_ms:.1}"),
+            "request"
+        );
         if let Some(p) = &self.permit {
             p.key.charge_tokens(served.prompt_tokens + served.completion_tokens);
         }
@@ -96,11 +132,11 @@ impl Drop for Ending {
                 method: &self.method,
                 path: &self.path,
                 status: self.status,
-                latency_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                latency_ms,
                 served,
             };
             if let Err(e) = log.write(&record) {
-                eprintln!("audit log {}: {e}", log.path().display());
+                tracing::error!(path = %log.path().display(), "audit log write failed: {e}");
             }
         }
         // `permit` drops after this: the slot is free once the request is accounted.
@@ -134,8 +170,19 @@ pub async fn access(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceR
     let start = Instant::now();
     let method = req.method().to_string();
     let path = req.path().to_string();
-    let request_id = |h: &HeaderMap| h.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // Set by the request-id middleware, which runs outside this one.
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
     let need = need_of(&path, &access.keys);
+    // Probes, metrics and the console's files carry no customer data and
+    // are polled every few seconds: they are neither audited nor counted
+    // for the drain, and keep answering while draining (readiness says 503).
+    if need == Need::Open {
+        return next.call(req).await;
+    }
+    let Some(running) = access.drain.enter() else {
+        return Ok(req.into_response(draining_response()));
+    };
+    let running = Some(running);
     let presented = presented_key(req.headers());
     let permit = match access.keys.check(need, presented.as_deref()) {
         Ok(p) => p,
@@ -148,9 +195,10 @@ pub async fn access(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceR
             let end = Ending {
                 access,
                 permit: None,
+                _running: running,
                 key_id,
                 ledger: Arc::new(Ledger::default()),
-                request_id: request_id(req.headers()),
+                request_id,
                 method,
                 path,
                 status: res.status().as_u16(),
@@ -166,8 +214,9 @@ pub async fn access(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceR
         access,
         key_id: permit.as_ref().map(|p| p.key.id.clone()),
         permit,
+        _running: running,
         ledger,
-        request_id: request_id(res.headers()),
+        request_id,
         method,
         path,
         status: res.status().as_u16(),

@@ -7,12 +7,15 @@
 //! client that disconnects drops it with its response body).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, Stream, StreamExt};
 use inferd_actors::deployment::RouteHints;
 use inferd_actors::request::{Event, GenerateRequest, ReplicaStats, SubmitError};
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::audit::{current_ledger, Ledger};
 
 /// Limits the edge validates against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +77,9 @@ pub struct Generation {
     events: UnboundedReceiver<Event>,
     /// Taken (disarmed) once the final event has been read.
     cancel: Option<CancelFn>,
+    /// The audit ledger of the HTTP request that made this generation
+    /// (picked up from the task-local at creation), told how it ended.
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Generation {
@@ -90,6 +96,7 @@ impl Generation {
             version,
             events,
             cancel: Some(Box::new(cancel)),
+            ledger: current_ledger(),
         }
     }
 
@@ -100,8 +107,20 @@ impl Generation {
         let ev = self.events.recv().await.unwrap_or_else(|| Event::Error {
             message: "the engine closed the stream".to_string(),
         });
-        if matches!(ev, Event::Done { .. } | Event::Error { .. }) {
-            self.cancel = None;
+        match &ev {
+            Event::Done { usage, .. } => {
+                self.cancel = None;
+                if let Some(l) = &self.ledger {
+                    l.done(&self.model, &self.version, usage.prompt_tokens, usage.completion_tokens);
+                }
+            }
+            Event::Error { .. } => {
+                self.cancel = None;
+                if let Some(l) = &self.ledger {
+                    l.failed();
+                }
+            }
+            Event::Token { .. } => {}
         }
         Some(ev)
     }

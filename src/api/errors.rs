@@ -46,6 +46,9 @@ pub enum ApiError {
     NotReady(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The request's deadline (its `timeout` or the server default) passed.
+    #[error("{0}")]
+    Timeout(String),
     /// The engine failed while generating.
     #[error("generation failed: {0}")]
     Generation(String),
@@ -59,6 +62,16 @@ pub enum Dialect {
 }
 
 impl ApiError {
+    /// The error an engine stream ended with: a timeout when its deadline
+    /// passed, a generation failure otherwise.
+    pub fn from_engine(message: String) -> ApiError {
+        if message.starts_with(inferd_actors::batcher::DEADLINE_EXCEEDED) {
+            ApiError::Timeout(message)
+        } else {
+            ApiError::Generation(message)
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError::Invalid {
             field: field.into(),
@@ -80,6 +93,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady(_) | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Generation(_) => match dialect {
                 Dialect::OpenAi => StatusCode::INTERNAL_SERVER_ERROR,
                 Dialect::Tgi => StatusCode::FAILED_DEPENDENCY,
@@ -110,6 +124,7 @@ impl ApiError {
             ApiError::NotReady(_) | ApiError::ShuttingDown => {
                 ("server_error", None, Some("unavailable"))
             }
+            ApiError::Timeout(_) => ("server_error", Some("timeout".to_string()), Some("timeout")),
             ApiError::Generation(_) => ("server_error", None, None),
         }
     }
@@ -124,6 +139,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady(_) | ApiError::ShuttingDown => "unavailable",
+            ApiError::Timeout(_) => "timeout",
             ApiError::Generation(_) => "generation",
         }
     }
@@ -234,5 +250,16 @@ mod tests {
             m.contains("16") && m.contains("10") && m.contains("20"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_passed_deadline_is_a_timeout_not_a_failure() {
+        let msg = format!("{}: the request's deadline passed", inferd_actors::batcher::DEADLINE_EXCEEDED);
+        let e = ApiError::from_engine(msg);
+        assert_eq!(e.status(Dialect::OpenAi), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(e.body(Dialect::OpenAi)["error"]["code"], "timeout");
+        assert_eq!(e.body(Dialect::Tgi)["error_type"], "timeout");
+        let f = ApiError::from_engine("worker lost".into());
+        assert_eq!(f.status(Dialect::OpenAi), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

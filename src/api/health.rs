@@ -1,6 +1,7 @@
 //! Health probes. `GET /health/live` (and `/health`): 200 while the
 //! process is up. `GET /health/ready` (and `/ready`): 200 when every
 //! configured model has a ready active version, else 503 with the reasons.
+//! A draining server (SIGTERM) is not ready.
 //! `GET /v1/models/{id}/ready`: the same answer for one model (404 if it is
 //! not served). Bodies: `{"status": "ready" | "not ready", "ready": bool,
 //! "reasons": [...], "models": [{"model", "version", "ready"}]}`.
@@ -8,6 +9,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::drain::Drain;
 use super::errors::{ApiError, OpenAiError};
 use super::request_id::VERSION_HEADER;
 use super::AppState;
@@ -16,7 +18,7 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub async fn ready(state: web::Data<AppState>, drain: Option<web::Data<Drain>>) -> HttpResponse {
     let b = &state.backend;
     let models: Vec<_> = b
         .models()
@@ -24,7 +26,11 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .map(|m| json!({"model": m.name, "version": m.version, "ready": m.ready}))
         .collect();
     let mut reasons = b.not_ready_reasons(None);
-    let ok = b.is_ready();
+    let draining = drain.is_some_and(|d| d.is_draining());
+    if draining {
+        reasons.insert(0, "the server is shutting down".to_string());
+    }
+    let ok = b.is_ready() && !draining;
     if !ok && reasons.is_empty() {
         reasons.push("the models are loading".to_string());
     }

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod backend;
 pub mod batches;
 pub mod codec;
+pub mod drain;
 pub mod engine_backend;
 pub mod errors;
 #[cfg(test)]
@@ -69,6 +70,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Unix seconds at start (`created` of `/v1/models`).
     pub started: u64,
+    /// Deadline of interactive requests that set no `timeout`.
+    pub default_timeout: Option<std::time::Duration>,
 }
 
 impl AppState {
@@ -78,7 +81,28 @@ impl AppState {
 
     /// `new` over a codec registry shared with the model manager.
     pub fn with_codecs(backend: Arc<dyn Backend>, codecs: Arc<Codecs>, default_model: Option<String>, max_body_bytes: usize) -> AppState {
-        AppState { backend, codecs, default_model, max_body_bytes, started: unix_now() }
+        AppState { backend, codecs, default_model, max_body_bytes, started: unix_now(), default_timeout: None }
+    }
+
+    /// The engine requests of `job`: the server's default deadline applies
+    /// to interactive requests without a `timeout` of their own (batch-job
+    /// lines wait behind interactive traffic by design, so they get none),
+    /// and `x-inferd-cache: bypass` keeps the response cache out of it.
+    pub fn requests(&self, job: &validate::GenJob, request_id: &str, headers: Option<&actix_web::http::header::HeaderMap>) -> Vec<GenerateRequest> {
+        let mut reqs = job.requests(request_id);
+        let bypass = headers
+            .and_then(|h| h.get(CACHE_HEADER))
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("bypass") || v.eq_ignore_ascii_case("no-cache"));
+        let default = (job.priority == inferd_actors::sequence::Priority::Interactive && job.timeout.is_none())
+            .then_some(self.default_timeout)
+            .flatten()
+            .map(|t| std::time::Instant::now() + t);
+        for r in &mut reqs {
+            r.deadline = r.deadline.or(default);
+            r.use_cache &= !bypass;
+        }
+        reqs
     }
 
     /// The codec and limits of a served model: 404 if unknown, 503 while
@@ -159,6 +183,10 @@ pub fn route_hints(req: &HttpRequest) -> RouteHints {
     RouteHints { session_id, version: None }
 }
 
+/// `x-inferd-cache: bypass` (or `no-cache`): never answer from the
+/// response cache.
+pub const CACHE_HEADER: &str = "x-inferd-cache";
+
 /// The header naming a client session (sticky canary routing).
 pub const SESSION_HEADER: &str = "x-session-id";
 
@@ -191,7 +219,7 @@ pub async fn collect(mut g: Generation) -> Result<Collected, ApiError> {
                 tokens.push(TokenOut { id: token, text: piece, logprob, top: top_logprobs });
             }
             Event::Done { finish, usage, seed, .. } => return Ok(Collected { text, tokens, finish, usage, seed }),
-            Event::Error { message } => return Err(ApiError::Generation(message)),
+            Event::Error { message } => return Err(ApiError::from_engine(message)),
         }
     }
     Err(ApiError::Generation("the stream ended without a result".to_string()))
@@ -279,6 +307,9 @@ pub fn app(
     state: web::Data<AppState>,
 ) -> App<impl actix_web::dev::ServiceFactory<actix_web::dev::ServiceRequest, Config = (), Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, Error = actix_web::Error, InitError = ()>> {
     App::new()
+        // Registered last, so outermost: the access middleware and the
+        // handlers see the request id.
+        .wrap(middleware::from_fn(access::access))
         .wrap(middleware::from_fn(request_id::request_id))
         .configure(|cfg| configure(cfg, state))
         .configure(crate::ui::configure)
@@ -298,22 +329,80 @@ fn batch_executor(state: web::Data<AppState>) -> batches::LineExecutor {
     })
 }
 
-/// Serve on `listener` until the process is asked to stop. Prints
-/// `listening on http://ADDR` on stdout once bound (tests read it). Batch
-/// jobs are kept in `data_dir/batches.redb`; unfinished ones resume. The
-/// admin routes drive `manager`.
-pub async fn serve(listener: TcpListener, state: AppState, manager: Arc<ModelManager>, data_dir: &std::path::Path, batch_concurrency: usize) -> std::io::Result<()> {
+/// How `serve` runs, besides the app state.
+pub struct ServeOptions {
+    /// Batch jobs are kept in `data_dir/batches.redb`; unfinished ones resume.
+    pub data_dir: std::path::PathBuf,
+    pub batch_concurrency: usize,
+    /// API keys, audit log and the drain state.
+    pub access: access::Access,
+    /// On SIGTERM / Ctrl-C: how long running requests get to finish.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// Serve on `listener` until SIGTERM or Ctrl-C, then drain (see
+/// [`drain`]) and return. Prints `listening on http://ADDR` on stdout once
+/// bound (tests read it). The admin routes drive `manager`.
+pub async fn serve(listener: TcpListener, state: AppState, manager: Arc<ModelManager>, opts: ServeOptions) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     let state = web::Data::new(state);
     let manager = web::Data::from(manager);
-    std::fs::create_dir_all(data_dir)?;
-    let db = data_dir.join("batches.redb");
-    let jobs = batches::BatchService::open(&db, batch_executor(state.clone()), batch_concurrency)
+    std::fs::create_dir_all(&opts.data_dir)?;
+    let db = opts.data_dir.join("batches.redb");
+    let jobs = batches::BatchService::open(&db, batch_executor(state.clone()), opts.batch_concurrency)
         .map_err(|e| std::io::Error::other(format!("opening {}: {e}", db.display())))?;
     let jobs = web::Data::new(jobs);
-    let server = HttpServer::new(move || app(state.clone()).app_data(jobs.clone()).app_data(manager.clone())).listen(listener)?.run();
+    let drain = opts.access.drain.clone();
+    let drain_data = web::Data::from(drain.clone());
+    let access = web::Data::new(opts.access);
+    let server = HttpServer::new(move || {
+        app(state.clone()).app_data(jobs.clone()).app_data(manager.clone()).app_data(access.clone()).app_data(drain_data.clone())
+    })
+    // Signals are ours (below): actix's own handling would stop accepting
+    // at once, before readiness could report the drain.
+    .disable_signals()
+    .shutdown_timeout(opts.shutdown_grace.as_secs() + 1)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let grace = opts.shutdown_grace;
+    actix_rt::spawn(async move {
+        let signal = shutdown_signal().await;
+        drain.begin();
+        tracing::info!(signal, in_flight = drain.in_flight(), grace_secs = grace.as_secs_f64(), "draining: readiness is 503, new requests get 503");
+        let clean = drain.wait_idle(grace).await;
+        if clean {
+            tracing::info!("drained: every running request finished");
+        } else {
+            tracing::warn!(in_flight = drain.in_flight(), "grace period over: stopping with requests still running");
+        }
+        handle.stop(clean).await;
+    });
     println!("listening on http://{addr}");
     use std::io::Write;
     std::io::stdout().flush()?;
     server.await
+}
+
+/// The first of SIGTERM and Ctrl-C (SIGINT), by name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = ctrl_c() => "SIGINT",
+            };
+        }
+    }
+    ctrl_c().await;
+    "SIGINT"
+}
+
+/// Ctrl-C; never, where it cannot be listened for (rather than at once).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }

@@ -55,13 +55,13 @@ async fn handle(
     let hints = route_hints(&req);
     if job.stream {
         let ctx = state.model_ctx(&job.model)?;
-        let gens = submit_all_with(state.backend.as_ref(), job.requests(&rid.0), hints).await?;
+        let gens = submit_all_with(state.backend.as_ref(), state.requests(&job, &rid.0, Some(req.headers())), hints).await?;
         let version = gens.first().map(|g| g.version.clone()).unwrap_or_default();
         let meta = stream_meta(route, &job.model, &version);
         let body = openai_stream::body(route, meta, &job, gens, ctx.codec);
         return Ok(super::sse::response(body, &version));
     }
-    let (version, json) = run_to_json(&state, &job, route, &rid.0, hints).await?;
+    let (version, json) = run_to_json(&state, &job, route, &rid.0, hints, Some(req.headers())).await?;
     Ok(HttpResponse::Ok().insert_header((VERSION_HEADER, version)).json(json))
 }
 
@@ -83,9 +83,16 @@ fn stream_meta(route: Route, model: &str, version: &str) -> StreamMeta {
 
 /// Run a non-streaming job to its end; returns the serving version and the
 /// OpenAI response body.
-async fn run_to_json(state: &AppState, job: &GenJob, route: Route, request_id: &str, hints: RouteHints) -> Result<(String, serde_json::Value), ApiError> {
+async fn run_to_json(
+    state: &AppState,
+    job: &GenJob,
+    route: Route,
+    request_id: &str,
+    hints: RouteHints,
+    headers: Option<&actix_web::http::header::HeaderMap>,
+) -> Result<(String, serde_json::Value), ApiError> {
     let ctx = state.model_ctx(&job.model)?;
-    let gens = submit_all_with(state.backend.as_ref(), job.requests(request_id), hints).await?;
+    let gens = submit_all_with(state.backend.as_ref(), state.requests(job, request_id, headers), hints).await?;
     let version = gens.first().map(|g| g.version.clone()).unwrap_or_default();
     let meta = stream_meta(route, &job.model, &version);
     let results = collect_all(gens).await?;
@@ -111,7 +118,7 @@ pub async fn run_batch_line(state: &AppState, url: &str, body: &serde_json::Valu
         let mut job = parse_job(state, &bytes, route, Priority::Batch)?;
         // A batch line always answers with one JSON body.
         job.stream = false;
-        run_to_json(state, &job, route, request_id, RouteHints::default()).await
+        run_to_json(state, &job, route, request_id, RouteHints::default(), None).await
     }
     .await;
     match outcome {

@@ -207,7 +207,7 @@ impl StreamState {
             Event::Error { message } => {
                 push_event(
                     &mut out,
-                    &ApiError::Generation(message).body(Dialect::OpenAi),
+                    &ApiError::from_engine(message).body(Dialect::OpenAi),
                 );
                 true
             }

@@ -233,7 +233,7 @@ async fn parse(
 
 async fn start(state: &AppState, rid: &RequestId, req: &HttpRequest, t: &TgiJob) -> Result<Generation, ApiError> {
     let hints = route_hints(req);
-    let mut gens = submit_all_with(state.backend.as_ref(), t.job.requests(&rid.0), hints).await?;
+    let mut gens = submit_all_with(state.backend.as_ref(), state.requests(&t.job, &rid.0, Some(req.headers())), hints).await?;
     gens.pop()
         .ok_or_else(|| ApiError::Generation("no generation was started".to_string()))
 }
@@ -329,7 +329,7 @@ fn stream_body(t: TgiJob, g: Generation) -> impl Stream<Item = Bytes> + 'static 
                     Some((Bytes::from(out), None))
                 }
                 Some(Event::Error { message }) => {
-                    push_event(&mut out, &ApiError::Generation(message).body(Dialect::Tgi));
+                    push_event(&mut out, &ApiError::from_engine(message).body(Dialect::Tgi));
                     Some((Bytes::from(out), None))
                 }
                 None => None,

@@ -188,7 +188,7 @@ async fn start(
         return Err(ApiError::invalid("n", "n must be 1 on the WebSocket"));
     }
     let job = validate::openai(raw, route, &|m| state.model_ctx(m))?;
-    let mut gens = submit_all(state.backend.as_ref(), job.requests(&rid.0)).await?;
+    let mut gens = submit_all(state.backend.as_ref(), state.requests(&job, &rid.0, None)).await?;
     let mut g = gens
         .pop()
         .ok_or_else(|| ApiError::Generation("no generation was started".into()))?;
@@ -220,7 +220,7 @@ async fn start(
                     let usage = json!({"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens, "total_tokens": usage.prompt_tokens + usage.completion_tokens});
                     (json!({"type": "done", "id": id, "finish_reason": openai_finish(finish), "usage": usage, "seed": seed, "version": version}).to_string(), true)
                 }
-                Event::Error { message } => (error_msg(&id, &ApiError::Generation(message)), true),
+                Event::Error { message } => (error_msg(&id, &ApiError::from_engine(message)), true),
             };
             if tx
                 .send(Outgoing {

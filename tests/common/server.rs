@@ -36,6 +36,9 @@ impl ServerProcess {
         std::fs::write(&cfg, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_inferd"))
             .args(["serve", "--config", cfg.to_str().expect("utf-8 path"), "--port", "0", "--exit-on-stdin-eof"])
+            // Request lines are per request: keep test logs to warnings
+            // unless asked (RUST_LOG=info).
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -65,6 +68,27 @@ impl ServerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Send SIGTERM and wait at most `within` for the exit; its status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(t0.elapsed() < within, "the server did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resident memory of the server process, in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("/proc status");
+        let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).expect("VmRSS");
+        kb * 1024
     }
 
     /// SIGKILL: a crash, nothing flushed.
