@@ -366,12 +366,20 @@ impl Drop for Killed {
 }
 
 #[test]
-fn prometheus_scrapes_ttft_and_running_gauge() {
+fn prometheus_scrapes_ttft_and_running_gauge_and_stats_agree() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = ServerProcess::start(dir.path(), &one_model("", ""), READY);
     for _ in 0..3 {
         assert_eq!(call(&s.base, "POST", "/v1/completions", None, Some(Body::Json(completion(4)))).0, 200);
     }
+    // /stats has the same traffic: totals and last-minute percentiles.
+    let r = replica(&s.base);
+    assert_eq!(r["requests_total"], 3, "{r}");
+    assert_eq!(r["generation_tokens_total"], 12, "{r}");
+    for k in ["ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "e2e_p50", "e2e_p99"] {
+        assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {r}");
+    }
+    assert!(r["ttft_p50"].as_f64() <= r["e2e_p99"].as_f64(), "{r}");
     let target = s.base.trim_start_matches("http://").to_string();
     let (child, prom) = prometheus(dir.path(), &target);
     let _guard = Killed(child);

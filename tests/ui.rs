@@ -102,10 +102,7 @@ fn check_prerequisites() {
     assert!(root().join("web/dist/index.html").exists(), "web/dist is missing — run scripts/build-ui.sh");
 }
 
-// Needs the admin API and the /stats percentiles (model-management and
-// operability issues); run by hand until then: `cargo test --release --test ui -- --ignored`.
 #[test]
-#[ignore = "needs the admin API (model management issue) and /stats percentiles"]
 fn console_in_a_real_browser() {
     check_prerequisites();
     let gguf = gguf();

@@ -575,6 +575,7 @@ impl Batcher {
             steps: self.steps,
             forward_secs: self.forward_secs,
             step_secs: self.step_secs,
+            recent: self.metrics.recent(),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod executor;
 pub mod ids;
 pub mod manage;
 pub mod metrics;
+pub mod recent;
 pub mod request;
 pub mod response_cache;
 pub mod router;

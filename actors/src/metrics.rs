@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
+use crate::recent::{Recent, RecentStats};
 use crate::request::Finish;
 
 pub const TTFT: &str = "inferd_time_to_first_token_seconds";
@@ -116,6 +117,8 @@ pub struct ReplicaMetrics {
     kv_usage: Gauge,
     batch_size: Gauge,
     loaded: Gauge,
+    /// The same events, kept for `/stats` (totals and windowed percentiles).
+    recent: parking_lot::Mutex<Recent>,
 }
 
 impl ReplicaMetrics {
@@ -140,6 +143,7 @@ impl ReplicaMetrics {
             kv_usage: gauge!(KV_USAGE, &mvd),
             batch_size: gauge!(BATCH_SIZE, &mvd),
             loaded: gauge!(MODELS_LOADED, &mvd),
+            recent: parking_lot::Mutex::new(Recent::default()),
             model: m,
             version: v,
             device: d,
@@ -171,15 +175,23 @@ impl ReplicaMetrics {
 
     pub fn first_token(&self, ttft: Duration) {
         self.ttft.record(ttft.as_secs_f64());
+        self.recent.lock().first_token(ttft);
     }
 
     pub fn next_token(&self, gap: Duration) {
         self.itl.record(gap.as_secs_f64());
+        self.recent.lock().next_token(gap);
+    }
+
+    /// Totals since start and percentiles over the last minute.
+    pub fn recent(&self) -> RecentStats {
+        self.recent.lock().snapshot(std::time::Instant::now())
     }
 
     /// A request finished with a result.
     pub fn finished(&self, finish: Finish, e2e: Duration, prompt: usize, generated: usize) {
         self.e2e.record(e2e.as_secs_f64());
+        self.recent.lock().finished(e2e, prompt, generated);
         self.prompt_len.record(prompt as f64);
         self.generation_len.record(generated as f64);
         self.prompt_tokens.increment(prompt as u64);
@@ -193,6 +205,7 @@ impl ReplicaMetrics {
     pub fn failed(&self, kind: ErrorType, prompt: usize, generated: usize) {
         self.prompt_tokens.increment(prompt as u64);
         self.generation_tokens.increment(generated as u64);
+        self.recent.lock().failed(prompt, generated);
         count_error(&self.model, &self.version, kind);
     }
 

@@ -94,4 +94,6 @@ pub struct ReplicaStats {
     pub steps: u64,
     pub forward_secs: f64,
     pub step_secs: f64,
+    /// Totals since start and latency percentiles of the last minute.
+    pub recent: crate::recent::RecentStats,
 }

@@ -5,14 +5,11 @@
 //! (or the error: 400 / 404 / 409 / 500, naming the field) and is persisted
 //! by the [`ModelManager`] that `serve` registers as app data.
 //!
-//! Access control: every route goes through [`require_admin_scope`], the
-//! single place where the API-key issue checks for a key with the `admin`
-//! scope. Until keys exist it admits every caller.
+//! Access control is the app-wide access middleware's (`access.rs`): a
+//! route under `/admin` needs a key with the `admin` scope (401 without a
+//! key, 403 with an inference-only key) whenever keys are configured.
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, Error, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use inferd_actors::deployment::VersionState;
 use inferd_actors::status::{ModelStatus, VersionStatus};
 use serde::de::DeserializeOwned;
@@ -36,7 +33,6 @@ type Manager = web::Data<ModelManager>;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/admin")
-            .wrap(from_fn(require_admin_scope))
             .route("/models", web::get().to(list))
             .route("/models/{model}", web::get().to(get_model))
             .route("/models/{model}", web::delete().to(remove))
@@ -50,15 +46,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/models/{model}/canary", web::put().to(set_canary))
             .route("/models/{model}/canary", web::delete().to(clear_canary)),
     );
-}
-
-/// The hook for API keys: the protection issue makes this answer 401 (no
-/// key) or 403 (a key without the `admin` scope). Today it admits all.
-pub async fn require_admin_scope(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    next.call(req).await
 }
 
 async fn list(m: Manager) -> HttpResponse {

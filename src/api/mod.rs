@@ -238,7 +238,8 @@ pub fn openai_finish(f: Finish) -> &'static str {
     }
 }
 
-/// Engine counters per replica (tests and operators).
+/// Engine counters per replica, totals since start and latency percentiles
+/// over the last minute (docs/admin-api.md; the console's live page).
 async fn stats(state: web::Data<AppState>) -> HttpResponse {
     let replicas: Vec<_> = state
         .backend
@@ -246,13 +247,20 @@ async fn stats(state: web::Data<AppState>) -> HttpResponse {
         .await
         .into_iter()
         .map(|s| {
+            let r = &s.recent;
             json!({"model": s.model, "version": s.version, "device": s.device, "running": s.running, "waiting": s.waiting,
                    "kv_usage": s.kv_usage, "num_blocks": s.num_blocks, "free_blocks": s.free_blocks,
                    "prefix_query_tokens": s.prefix_query_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
-                   "preemptions": s.preemptions, "steps": s.steps})
+                   "preemptions": s.preemptions, "steps": s.steps,
+                   "requests_total": r.requests_total, "errors_total": r.errors_total,
+                   "prompt_tokens_total": r.prompt_tokens_total, "generation_tokens_total": r.generation_tokens_total,
+                   "ttft_p50": r.ttft.p50, "ttft_p99": r.ttft.p99, "itl_p50": r.itl.p50, "itl_p99": r.itl.p99,
+                   "e2e_p50": r.e2e.p50, "e2e_p99": r.e2e.p99})
         })
         .collect();
-    HttpResponse::Ok().json(json!({"replicas": replicas}))
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let uptime = now - state.started as f64;
+    HttpResponse::Ok().json(json!({"time": now, "uptime_secs": uptime, "replicas": replicas}))
 }
 
 fn model_object(state: &AppState, m: backend::ModelInfo) -> ModelObject {
