@@ -5,7 +5,7 @@
 //! client sees it), mean time to first token, and at batch 64 the fraction
 //! of step time spent outside the model forward (the engine's own overhead:
 //! scheduling, sampling, messages). Prints a table and writes
-//! benches/results/engine-<dtype>.json (INFERD_BENCH_DTYPE, default bf16;
+//! benches/results/engine-<dtype>.json (INFERD_BENCH_DTYPE, default f32 as in config/default.toml;
 //! INFERD_BENCH_LEVELS=1,4 runs a subset); benches/transformers_engine.py runs the same
 //! workload through transformers for the ratios.
 //!
@@ -138,9 +138,9 @@ async fn level(engine: &Engine, concurrency: usize, first_prompt: usize) -> Resu
     })
 }
 
-/// The served dtype: bf16 unless `INFERD_BENCH_DTYPE` says otherwise.
+/// The served dtype: f32 (config/default.toml's) unless `INFERD_BENCH_DTYPE` says otherwise.
 fn dtype() -> String {
-    std::env::var("INFERD_BENCH_DTYPE").unwrap_or_else(|_| "bf16".into())
+    std::env::var("INFERD_BENCH_DTYPE").unwrap_or_else(|_| "f32".into())
 }
 
 /// The concurrency levels: `INFERD_BENCH_LEVELS=1,4` runs a subset.
