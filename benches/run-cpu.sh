@@ -2,7 +2,7 @@
 # Every CPU benchmark, back to back on a quiet machine, with the transformers
 # baselines in the same run. Results land in benches/results/.
 #   decode step (criterion) + transformers generate  -> decode.txt, transformers_decode.json
-#   in-process engine + transformers                  -> engine.json, transformers_engine.json
+#   in-process engine + transformers (f32; INFERD_BENCH_DTYPE) -> engine-<dtype>.json, transformers_engine-<dtype>.json
 #   HTTP streaming at 16 clients (inferd bench)        -> http16/bench.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
