@@ -270,6 +270,25 @@ impl Config {
         Ok(())
     }
 
+    /// Environment overrides, between the file and the command line:
+    /// `INFERD_HOST`, `INFERD_PORT` and `INFERD_DATA_DIR` (secrets come from
+    /// the environment too: `INFERD_API_KEYS` / `INFERD_API_KEYS_FILE`).
+    /// `get` reads a variable (`std::env::var` in the server).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(h) = get("INFERD_HOST").filter(|h| !h.is_empty()) {
+            self.server.host = h;
+        }
+        if let Some(p) = get("INFERD_PORT").filter(|p| !p.is_empty()) {
+            self.server.port = p
+                .parse()
+                .map_err(|_| invalid("INFERD_PORT (environment)", format!("must be a port number 0..=65535, got {p:?}")))?;
+        }
+        if let Some(d) = get("INFERD_DATA_DIR").filter(|d| !d.is_empty()) {
+            self.server.data_dir = PathBuf::from(d);
+        }
+        Ok(())
+    }
+
     /// The default deadline of HTTP requests, if any.
     pub fn request_timeout(&self) -> Option<std::time::Duration> {
         let t = self.server.request_timeout_secs;
@@ -404,6 +423,18 @@ impl VersionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_overrides_host_port_and_data_dir_and_names_a_bad_port() {
+        let text = "[models.m]\nactive = \"v1\"\n[models.m.versions.v1]\nsource = \"x.gguf\"\n";
+        let mut cfg = Config::parse(text, Path::new("/etc/inferd")).unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        cfg.apply_env(env(&[("INFERD_HOST", "0.0.0.0"), ("INFERD_PORT", "9000"), ("INFERD_DATA_DIR", "/var/lib/x")])).unwrap();
+        assert_eq!((cfg.server.host.as_str(), cfg.server.port), ("0.0.0.0", 9000));
+        assert_eq!(cfg.server.data_dir, PathBuf::from("/var/lib/x"));
+        let e = cfg.apply_env(env(&[("INFERD_PORT", "http")])).unwrap_err().to_string();
+        assert!(e.contains("INFERD_PORT") && e.contains("http"), "{e}");
+    }
 
     const OK: &str = r#"
 [server]

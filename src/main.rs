@@ -221,6 +221,7 @@ const LOAD_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(60
 
 fn run_serve(a: ServeArgs) -> Result<()> {
     let mut cfg = Config::load(&a.config)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
     if a.exit_on_stdin_eof {
         std::thread::spawn(|| {
             let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());

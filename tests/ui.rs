@@ -35,7 +35,7 @@ fn config_text(gguf: &Path) -> String {
         )
     };
     format!(
-        "[server]\nhost = \"127.0.0.1\"\nport = 0\n\n[models.{MODEL}]\nactive = \"v1\"\n\n[models.{MODEL}.versions.v1]\n{}\n[models.{MODEL}.versions.v2]\n{}",
+        "[server]\nhost = \"127.0.0.1\"\nport = 0\n# The test's own state folder: a shared one would restore another run's routing.\ndata_dir = \"data\"\n\n[models.{MODEL}]\nactive = \"v1\"\n\n[models.{MODEL}.versions.v1]\n{}\n[models.{MODEL}.versions.v2]\n{}",
         version("bf16"),
         version("f32")
     )

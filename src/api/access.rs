@@ -47,7 +47,9 @@ fn draining_response() -> HttpResponse {
     }))
 }
 
-/// The key a request presents: `Authorization: Bearer <key>` or `x-api-key`.
+/// The key a request presents: `Authorization: Bearer <key>`, `x-api-key`,
+/// or, on a WebSocket upgrade from a browser (which cannot set headers
+/// there), a `bearer.<key>` entry in `Sec-WebSocket-Protocol`.
 fn presented_key(headers: &HeaderMap) -> Option<String> {
     let bearer = headers
         .get("authorization")
@@ -55,8 +57,15 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
     let x = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
-    bearer.or(x).filter(|k| !k.is_empty()).map(str::to_string)
+    let ws = headers
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').map(str::trim).find_map(|p| p.strip_prefix(WS_KEY_PREFIX)));
+    bearer.or(x).or(ws).filter(|k| !k.is_empty()).map(str::to_string)
 }
+
+/// The WebSocket subprotocol entry that carries a key (`bearer.<key>`).
+pub const WS_KEY_PREFIX: &str = "bearer.";
 
 fn denied_response(d: &Denied) -> HttpResponse {
     let body = |status: u16, message: String, kind: &str, code: &str| {
@@ -223,4 +232,28 @@ pub async fn access(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceR
         start,
     };
     Ok(res.map_body(|_, b| BoxBody::new(Tracked { inner: b, _end: end })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn keys_come_from_bearer_x_api_key_or_the_websocket_subprotocol() {
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer sk-a")])).as_deref(), Some("sk-a"));
+        assert_eq!(presented_key(&headers(&[("x-api-key", " sk-b ")])).as_deref(), Some("sk-b"));
+        assert_eq!(presented_key(&headers(&[("sec-websocket-protocol", "inferd, bearer.sk-c")])).as_deref(), Some("sk-c"));
+        assert_eq!(presented_key(&headers(&[("sec-websocket-protocol", "inferd")])), None);
+        assert_eq!(presented_key(&headers(&[("authorization", "Basic abc")])), None);
+        assert_eq!(presented_key(&headers(&[("authorization", "Bearer ")])), None);
+    }
 }

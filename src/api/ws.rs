@@ -12,6 +12,10 @@
 //! - `{"type":"done","id":ID,"finish_reason":"stop"|"length"|"cancelled","usage":{...}|null}`;
 //! - `{"type":"error","id":ID|null,"error":{"message","type","param","code"}}`.
 //!
+//! `x-session-id` on the upgrade request pins the socket's generations to
+//! one side of a canary split. The socket is one audited request: its
+//! generations' tokens are summed and charged to the API key when it closes.
+//!
 //! Heartbeats: the server pings every [`HEARTBEAT`] and closes a socket that
 //! has shown no sign of life for [`CLIENT_TIMEOUT`]. A closed socket cancels
 //! all its generations (each runs in a task owning its `Generation`;
@@ -23,16 +27,18 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, Session};
 use futures_util::StreamExt;
+use inferd_actors::deployment::RouteHints;
 use inferd_actors::request::Event;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::audit::{current_ledger, LEDGER};
 use super::errors::{ApiError, Dialect};
 use super::openai_types::RawRequest;
 use super::request_id::RequestId;
 use super::validate::{self, Route};
-use super::{openai_finish, submit_all, AppState};
+use super::{openai_finish, route_hints, submit_all_with, AppState};
 
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,18 +62,33 @@ pub async fn socket(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let (res, session, msgs) = actix_ws::handle(&req, body)?;
+    // A browser that sends its key as the `bearer.<key>` subprotocol also
+    // offers "inferd", which the handshake selects (it must select one).
+    let (res, session, msgs) = actix_ws::handle_with_protocols(&req, body, &[WS_PROTOCOL])?;
     let msgs = msgs
         .max_frame_size(state.max_body_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.max_body_bytes);
-    actix_rt::spawn(run(state, rid, session, msgs));
+    // `x-session-id` on the upgrade request keeps the socket's generations
+    // on one side of a canary split, as on the HTTP routes.
+    let hints = route_hints(&req);
+    let task = run(state, rid, hints, session, msgs);
+    // The socket's generations report to the request's audit ledger, so
+    // their tokens are audited and charged to the key when the socket closes.
+    match current_ledger() {
+        Some(ledger) => actix_rt::spawn(LEDGER.scope(ledger, task)),
+        None => actix_rt::spawn(task),
+    };
     Ok(res)
 }
+
+/// The subprotocol the console offers beside its `bearer.<key>` entry.
+pub const WS_PROTOCOL: &str = "inferd";
 
 async fn run(
     state: web::Data<AppState>,
     rid: RequestId,
+    hints: RouteHints,
     mut session: Session,
     mut msgs: actix_ws::AggregatedMessageStream,
 ) {
@@ -81,7 +102,7 @@ async fn run(
                 let Some(Ok(msg)) = msg else { break };
                 last_seen = Instant::now();
                 let reply = match msg {
-                    AggregatedMessage::Text(text) => on_text(&state, &rid, &text, &mut live, &tx).await,
+                    AggregatedMessage::Text(text) => on_text(&state, &rid, &hints, &text, &mut live, &tx).await,
                     AggregatedMessage::Ping(bytes) => { if session.pong(&bytes).await.is_err() { break } None }
                     AggregatedMessage::Close(_) => break,
                     AggregatedMessage::Binary(_) => Some(error_msg(&Value::Null, &ApiError::BadJson { param: None, message: "send JSON text frames".into() })),
@@ -112,6 +133,7 @@ async fn run(
 async fn on_text(
     state: &AppState,
     rid: &RequestId,
+    hints: &RouteHints,
     text: &str,
     live: &mut HashMap<String, (Value, JoinHandle<()>)>,
     tx: &mpsc::UnboundedSender<Outgoing>,
@@ -134,7 +156,7 @@ async fn on_text(
             &id,
             &ApiError::invalid("id", format!("at most {MAX_LIVE} generations per socket")),
         )),
-        Some("generate") => match start(state, rid, msg, key.clone(), tx.clone()).await {
+        Some("generate") => match start(state, rid, hints, msg, key.clone(), tx.clone()).await {
             Ok(task) => {
                 live.insert(key, (id, task));
                 None
@@ -167,6 +189,7 @@ async fn on_text(
 async fn start(
     state: &AppState,
     rid: &RequestId,
+    hints: &RouteHints,
     msg: Value,
     key: String,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -188,7 +211,7 @@ async fn start(
         return Err(ApiError::invalid("n", "n must be 1 on the WebSocket"));
     }
     let job = validate::openai(raw, route, &|m| state.model_ctx(m))?;
-    let mut gens = submit_all(state.backend.as_ref(), state.requests(&job, &rid.0, None)).await?;
+    let mut gens = submit_all_with(state.backend.as_ref(), state.requests(&job, &rid.0, None), hints.clone()).await?;
     let mut g = gens
         .pop()
         .ok_or_else(|| ApiError::Generation("no generation was started".into()))?;

@@ -2,7 +2,10 @@
 
 const KEY_STORAGE = "inferd.adminKey";
 
-/** The admin key lives in session storage only (gone when the tab closes). */
+/** The operator's API key (entered on the models page) lives in session
+ * storage only (gone when the tab closes). It is sent with every request,
+ * and on the WebSocket as the `bearer.<key>` subprotocol (browsers cannot
+ * set headers there). */
 export const adminKey = {
   get(): string {
     return sessionStorage.getItem(KEY_STORAGE) ?? "";
@@ -36,16 +39,18 @@ async function errorOf(res: Response): Promise<ApiError> {
   } catch {
     /* not JSON */
   }
-  if (res.status === 401) message = `Admin key required: ${message}`;
+  if (res.status === 401) message = `API key required (enter it on the Models page): ${message}`;
   if (res.status === 403) message = `This key lacks the admin scope: ${message}`;
   return new ApiError(message, res.status, code ?? undefined);
 }
 
-export async function request<T>(method: string, path: string, body?: unknown, admin = false): Promise<{ data: T; headers: Headers }> {
+export async function request<T>(method: string, path: string, body?: unknown, _admin = false): Promise<{ data: T; headers: Headers }> {
   const headers: Record<string, string> = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   const key = adminKey.get();
-  if (admin && key) headers.authorization = `Bearer ${key}`;
+  // `_admin` marks admin-API calls; the key goes with every call when set,
+  // since inference routes need one too once keys are configured.
+  if (key) headers.authorization = `Bearer ${key}`;
   let res: Response;
   try {
     res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });

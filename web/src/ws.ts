@@ -2,6 +2,8 @@
 // Server messages: token {id,text,token_id,logprob}, done {id,finish_reason,usage,version?},
 // error {id, error:{message} | message}; anything else (pings) is ignored.
 
+import { adminKey } from "./api";
+
 export interface Usage {
   prompt_tokens?: number;
   completion_tokens?: number;
@@ -32,7 +34,8 @@ export class GenerationSocket {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) return Promise.resolve(this.ws);
     if (this.opening) return this.opening;
     this.opening = new Promise<WebSocket>((resolve, reject) => {
-      const ws = new WebSocket(this.url());
+      const key = adminKey.get();
+      const ws = key ? new WebSocket(this.url(), ["inferd", `bearer.${key}`]) : new WebSocket(this.url());
       ws.onopen = () => {
         this.ws = ws;
         this.opening = null;
