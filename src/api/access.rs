@@ -102,7 +102,7 @@ struct Ending {
     access: Data<Access>,
     permit: Option<Permit>,
     /// Held (for drain accounting) until the body is sent or dropped.
-    _running: Option<Running>,
+    _running: Running,
     key_id: Option<String>,
     ledger: Arc<Ledger>,
     request_id: String,
@@ -191,7 +191,6 @@ pub async fn access(req: ServiceRequest, next: Next<BoxBody>) -> Result<ServiceR
     let Some(running) = access.drain.enter() else {
         return Ok(req.into_response(draining_response()));
     };
-    let running = Some(running);
     let presented = presented_key(req.headers());
     let permit = match access.keys.check(need, presented.as_deref()) {
         Ok(p) => p,
