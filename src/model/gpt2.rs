@@ -1,5 +1,5 @@
 //! GPT-2: learned absolute positions, pre-LayerNorm blocks, fused q/k/v
-//! projection (Conv1D weights, transposed at load), gelu_new MLP, lm_head tied
+//! projection (Conv1D weights, already [in, out] as Linear keeps them), gelu_new MLP, lm_head tied
 //! to the token embedding. Multi-head attention over the paged KV cache.
 
 use tch::{TchError, Tensor};
@@ -22,6 +22,8 @@ struct Block {
 
 pub struct Gpt2 {
     wte: Embedding,
+    /// Tied to `wte`; on CPU a transposed copy (see Linear).
+    lm_head: Linear,
     wpe: Embedding,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
@@ -48,8 +50,9 @@ impl Gpt2 {
             });
         }
         let ln_f = LayerNorm::load(ws, &at, "transformer.ln_f", h, eps)?;
+        let lm_head = Linear::from_placed(ws, &wte.weight, &at)?;
         let shape = AttnShape { num_heads: cfg.num_heads, num_kv_heads: cfg.num_heads, head_dim: cfg.head_dim };
-        Ok(Gpt2 { wte, wpe, blocks, ln_f, shape, hidden: h })
+        Ok(Gpt2 { wte, lm_head, wpe, blocks, ln_f, shape, hidden: h })
     }
 
     /// Hidden states after the final LayerNorm for every fed token: [T, hidden].
@@ -71,7 +74,7 @@ impl Gpt2 {
         self.ln_f.forward(&x)
     }
 
-    pub fn lm_head(&self) -> &Tensor {
-        &self.wte.weight
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
     }
 }

@@ -12,17 +12,17 @@ use super::layers::{Embedding, Linear, Placement, RmsNorm, Rotary};
 use super::loader::{LoadError, WeightSource};
 
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections fused: output columns [q | k | v].
+    qkv: Linear,
     o: Linear,
     shape: AttnShape,
 }
 
 struct Mlp {
-    gate: Linear,
-    up: Linear,
+    /// gate and up projections fused: output columns [gate | up].
+    gate_up: Linear,
     down: Linear,
+    intermediate: i64,
 }
 
 struct Block {
@@ -36,7 +36,7 @@ pub struct Llama {
     embed: Embedding,
     blocks: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rotary: Rotary,
     placement: Placement,
 }
@@ -49,17 +49,18 @@ impl Llama {
         for i in 0..cfg.num_layers {
             let p = format!("model.layers.{i}");
             let bias = cfg.attention_bias;
+            let (q, k, v) = (format!("{p}.self_attn.q_proj"), format!("{p}.self_attn.k_proj"), format!("{p}.self_attn.v_proj"));
             let attn = Attention {
-                q: Linear::load(ws, &at, &format!("{p}.self_attn.q_proj"), h, nh * hd, bias)?,
-                k: Linear::load(ws, &at, &format!("{p}.self_attn.k_proj"), h, nkv * hd, bias)?,
-                v: Linear::load(ws, &at, &format!("{p}.self_attn.v_proj"), h, nkv * hd, bias)?,
+                qkv: Linear::load_fused(ws, &at, &[(&q, nh * hd), (&k, nkv * hd), (&v, nkv * hd)], h, bias)?,
                 o: Linear::load(ws, &at, &format!("{p}.self_attn.o_proj"), nh * hd, h, false)?,
                 shape: AttnShape { num_heads: nh, num_kv_heads: nkv, head_dim: hd },
             };
+            let (gate, up) = (format!("{p}.mlp.gate_proj"), format!("{p}.mlp.up_proj"));
+            let i_dim = cfg.intermediate_size;
             let mlp = Mlp {
-                gate: Linear::load(ws, &at, &format!("{p}.mlp.gate_proj"), h, cfg.intermediate_size, false)?,
-                up: Linear::load(ws, &at, &format!("{p}.mlp.up_proj"), h, cfg.intermediate_size, false)?,
-                down: Linear::load(ws, &at, &format!("{p}.mlp.down_proj"), cfg.intermediate_size, h, false)?,
+                gate_up: Linear::load_fused(ws, &at, &[(&gate, i_dim), (&up, i_dim)], h, false)?,
+                down: Linear::load(ws, &at, &format!("{p}.mlp.down_proj"), i_dim, h, false)?,
+                intermediate: i_dim,
             };
             blocks.push(Block {
                 input_norm: RmsNorm::load(ws, &at, &format!("{p}.input_layernorm.weight"), h, cfg.norm_eps)?,
@@ -70,9 +71,10 @@ impl Llama {
         }
         let norm = RmsNorm::load(ws, &at, "model.norm.weight", h, cfg.norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings || !ws.contains("lm_head.weight") {
-            embed.weight.shallow_clone()
+            // On CPU this is a transposed copy of the table (see Linear).
+            Linear::from_placed(ws, &embed.weight, &at)?
         } else {
-            at.load(ws, "lm_head.weight", &[cfg.vocab_size, h])?
+            Linear::load(ws, &at, "lm_head", h, cfg.vocab_size, false)?
         };
         let rotary = Rotary::new(cfg, max_pos, at.device).map_err(|source| LoadError::Torch { path: ws.origin(), source })?;
         Ok(Llama { embed, blocks, norm, lm_head, rotary, placement: at })
@@ -86,23 +88,26 @@ impl Llama {
             let (k_pool, v_pool) = cache.layer(i);
             let h = b.input_norm.forward(&x)?;
             let a = &b.attn;
+            let (nh, nkv, hd) = (a.shape.num_heads, a.shape.num_kv_heads, a.shape.head_dim);
             let t = h.size()[0];
-            let q = a.q.forward(&h)?.f_view([t, a.shape.num_heads, a.shape.head_dim])?;
-            let k = a.k.forward(&h)?.f_view([t, a.shape.num_kv_heads, a.shape.head_dim])?;
-            let v = a.v.forward(&h)?.f_view([t, a.shape.num_kv_heads, a.shape.head_dim])?;
-            let q = self.rotary.apply(&q, &cos, &sin)?;
-            let k = self.rotary.apply(&k, &cos, &sin)?;
+            // [T, q heads | k heads | v heads, D]; rotary turns q and k in one call.
+            let qkv = a.qkv.forward(&h)?.f_view([t, nh + 2 * nkv, hd])?;
+            let qk = self.rotary.apply(&qkv.f_narrow(1, 0, nh + nkv)?, &cos, &sin)?;
+            let q = qk.f_narrow(1, 0, nh)?;
+            let k = qk.f_narrow(1, nh, nkv)?;
+            let v = qkv.f_narrow(1, nh + nkv, nkv)?;
             let attn = paged_attention(&q, &k, &v, k_pool, v_pool, step, a.shape)?;
             x = x.f_add(&a.o.forward(&attn)?)?;
             let h = b.post_norm.forward(&x)?;
             let m = &b.mlp;
-            let act = m.gate.forward(&h)?.f_silu()?.f_mul(&m.up.forward(&h)?)?;
+            let gu = m.gate_up.forward(&h)?;
+            let act = gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?;
             x = x.f_add(&m.down.forward(&act)?)?;
         }
         self.norm.forward(&x)
     }
 
-    pub fn lm_head(&self) -> &Tensor {
+    pub fn lm_head(&self) -> &Linear {
         &self.lm_head
     }
 }

@@ -90,6 +90,6 @@ impl Model {
             Some(rows) => hidden.f_index_select(0, rows)?,
             None => hidden,
         };
-        hidden.f_linear(head, None::<Tensor>)?.f_to_kind(Kind::Float)
+        head.forward(&hidden)?.f_to_kind(Kind::Float)
     }
 }
