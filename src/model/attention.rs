@@ -55,8 +55,8 @@ pub fn paged_attention(
             AttnGroup::Decode { row, n, tables, key_mask, max_ctx } => {
                 // q: [n, heads, 1, d]; k/v: [n, kv_heads, max_ctx, d]
                 let qg = q.f_narrow(0, *row, *n)?.f_unsqueeze(2)?;
-                let kg = gather(k_pool, &tables.f_flatten(0, 1)?, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
-                let vg = gather(v_pool, &tables.f_flatten(0, 1)?, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
+                let kg = gather(k_pool, tables, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
+                let vg = gather(v_pool, tables, kvh, d)?.f_view([*n, *max_ctx, kvh, d])?.f_transpose(1, 2)?;
                 let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(key_mask), 0.0, false, scale, gqa)?;
                 o.f_squeeze_dim(2)?
             }

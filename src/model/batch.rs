@@ -38,6 +38,8 @@ pub enum LogitsFor {
 /// An attention group over a contiguous range of packed tokens.
 pub(crate) enum AttnGroup {
     /// `n` sequences of one token each, starting at packed row `row`.
+    /// `tables` is flat, [n * nb] with nb = max_ctx / block_size: entries i * nb .. (i + 1) * nb
+    /// hold sequence i's blocks, padded with block 0 (the mask hides those keys).
     Decode { row: i64, n: i64, tables: Tensor, key_mask: Tensor, max_ctx: i64 },
     /// One chunk with no cached prefix: plain causal attention on its own K/V.
     Prefill { row: i64, len: i64 },
@@ -142,7 +144,8 @@ fn decode_group(seqs: &[SeqInput], row: i64, block_size: i64, device: Device) ->
         mask.extend((0..padded).map(|j| j < s.context_len()));
     }
     let n = seqs.len() as i64;
-    let tables = to_dev(&tables, device)?.f_view([n, nb])?;
+    // Flat [n * nb]: every layer gathers with it as is.
+    let tables = to_dev(&tables, device)?;
     let key_mask = Tensor::f_from_slice(&mask)?.f_view([n, 1, 1, padded])?.f_to_device(device)?;
     Ok(AttnGroup::Decode { row, n, tables, key_mask, max_ctx: padded })
 }
