@@ -3,7 +3,11 @@
 # the same load generator (`inferd bench`) and the same SmolLM2 GGUF.
 #
 #   benches/compare/run.sh [--smoke] [--install-only] [--no-build] [--levels 1,4,16,64]
-#                          [--workloads sweep,prefix] [--num-requests N] [--out DIR] [peer...]
+#                          [--workloads sweep,prefix] [--num-requests N] [--out DIR]
+#                          [--serial-max-level N] [peer...]
+# --serial-max-level N: tf-serve and llama-cpp-python (one request at a time)
+#          skip levels above N; at 64 they take 10-35 minutes and the result
+#          is the same tok/s as at 1.
 #
 # peers (default: all of them):
 #   inferd            inferd serve, prefix caching on (dtype $INFERD_DTYPE)
@@ -43,7 +47,7 @@ THREADS="${THREADS:-2}"
 READY_TIMEOUT="${READY_TIMEOUT:-600}"           # seconds for a server to load
 ALL_PEERS=(inferd inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
 
-smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix" out="" peers=() num_requests=""
+smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix" out="" peers=() num_requests="" serial_max=""
 while (( $# )); do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -53,6 +57,7 @@ while (( $# )); do
     --workloads) workloads=$2; shift ;;
     --out) out=$2; shift ;;
     --num-requests) num_requests=$2; shift ;;   # per sweep level, instead of the default
+    --serial-max-level) serial_max=$2; shift ;; # skip levels above N for the one-at-a-time peers
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) [[ " ${ALL_PEERS[*]} " == *" $1 "* ]] || { echo "unknown peer $1 (${ALL_PEERS[*]})" >&2; exit 2; }
@@ -224,9 +229,15 @@ log "machine + memory bandwidth"
 
 # --- workloads -----------------------------------------------------------------
 if [[ ",$workloads," == *",sweep,"* ]]; then
-  for peer in "${peers[@]}"; do
-    [[ $peer == inferd-nocache ]] && continue
-    for c in "${LEVELS[@]}"; do
+  # Level outside, peer inside: a level's peers run back to back, so drift in
+  # a noisy machine's speed moves their ratio as little as it can.
+  for c in "${LEVELS[@]}"; do
+    for peer in "${peers[@]}"; do
+      [[ $peer == inferd-nocache ]] && continue
+      if [[ -n $serial_max && ( $peer == tf-serve || $peer == llama-cpp-python ) ]] && (( c > serial_max )); then
+        log "$peer: concurrency $c skipped (--serial-max-level $serial_max)"
+        continue
+      fi
       n=$(nreq "$c")
       log "$peer: concurrency $c, $n requests, $IN in / $OUTLEN out"
       start_peer "$peer" "$c" $(( IN + OUTLEN )) "c$c"
