@@ -25,12 +25,6 @@ impl Placement {
         self.place(ws, t)
     }
 
-    /// Cast and move an [out, in] weight, then lay it out as [`Linear`] wants.
-    pub fn place_transposed(&self, ws: &dyn WeightSource, w: Tensor) -> Result<Tensor, LoadError> {
-        let placed = self.place(ws, w)?;
-        transpose_for(&placed, self).map_err(|source| LoadError::Torch { path: ws.origin(), source })
-    }
-
     /// Cast and move a CPU tensor to the run kind and device.
     pub fn place(&self, ws: &dyn WeightSource, t: Tensor) -> Result<Tensor, LoadError> {
         t.f_to_kind(self.kind)
@@ -76,10 +70,11 @@ impl Linear {
         }
         let w = Tensor::f_cat(&weights, 0).map_err(torch)?;
         let bias = if bias { Some(at.place(ws, Tensor::f_cat(&biases, 0).map_err(torch)?)?) } else { None };
-        Ok(Linear { w_t: at.place_transposed(ws, w)?, bias })
+        Ok(Linear { bias, ..Self::from_placed(ws, &at.place(ws, w)?, at)? })
     }
 
-    /// A projection from an already placed [out, in] weight (a tied LM head).
+    /// A projection, without bias, from an already placed [out, in] weight
+    /// (a tied LM head, or the weights `load_fused` stacked).
     pub fn from_placed(ws: &dyn WeightSource, weight: &Tensor, at: &Placement) -> Result<Linear, LoadError> {
         let w_t = transpose_for(weight, at).map_err(|source| LoadError::Torch { path: ws.origin(), source })?;
         Ok(Linear { w_t, bias: None })
