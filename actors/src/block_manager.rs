@@ -260,6 +260,15 @@ impl BlockManager {
         Ok(cached_tokens)
     }
 
+    /// Leading tokens of `tokens` that `allocate_prompt` would find cached
+    /// now (0 with prefix caching off). Changes nothing, counts nothing.
+    pub fn cached_prefix_tokens(&self, tokens: &[u32]) -> usize {
+        if !self.prefix_caching {
+            return 0;
+        }
+        self.lookup(tokens).len() * self.block_size
+    }
+
     /// Makes `seq` hold blocks for at least `n_tokens` tokens (a decode that
     /// crosses a block boundary takes one more). Atomic.
     pub fn append_slot(&mut self, seq: &mut SeqBlocks, n_tokens: usize) -> Result<(), NoBlocks> {

@@ -4,7 +4,9 @@
 //! first one token for each running sequence that is decoding, then chunks of
 //! running sequences still in prefill, then new sequences admitted from the
 //! waiting queues (interactive strictly before batch, FCFS within a priority;
-//! a prefix-cache lookup at admission skips the cached part of the prompt).
+//! a prefix-cache lookup at admission skips the cached part of the prompt,
+//! and a prompt sharing blocks that a running prefill is still computing
+//! waits until they are cached rather than computing them a second time).
 //! A prompt longer than the budget left is split across steps (chunked
 //! prefill), so one long prompt never stalls the decodes of everyone else.
 //!
@@ -294,6 +296,9 @@ impl Scheduler {
                 break;
             };
             let Some(seq) = queue.front_mut() else { break };
+            if awaits_shared_prefill(&self.running, &self.blocks, seq) {
+                break;
+            }
             let (seq_blocks, tokens) = seq.blocks_and_tokens();
             let Ok(cached) = self.blocks.allocate_prompt(seq_blocks, tokens) else {
                 break;
@@ -500,4 +505,28 @@ impl Scheduler {
         }
         Ok(())
     }
+}
+
+/// Whether `seq` shares full blocks, beyond those cached now, with a running
+/// sequence that has not computed them yet. Admitting it now would compute
+/// the same K/V twice in parallel (a burst of requests with one system
+/// prompt would each prefill it); held back, it finds them cached a step or
+/// two later, once the other's prefill has registered them. It holds the
+/// queue behind it only while that prefill runs, which makes progress every
+/// step (prefills are planned before admission), so nothing starves.
+fn awaits_shared_prefill(running: &[Sequence], blocks: &BlockManager, seq: &Sequence) -> bool {
+    let bs = blocks.block_size();
+    let tokens = seq.all_tokens();
+    // A prompt never hits its last token (see allocate_prompt).
+    let hittable = tokens.len().saturating_sub(1) / bs * bs;
+    let mut cached = None;
+    running.iter().filter(|r| !r.is_decoding()).any(|r| {
+        let common = r.all_tokens().iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let shared = common.min(hittable) / bs * bs;
+        if shared == 0 || r.num_computed >= shared {
+            return false;
+        }
+        let cached = *cached.get_or_insert_with(|| blocks.cached_prefix_tokens(tokens));
+        shared > cached
+    })
 }

@@ -315,6 +315,51 @@ fn prefix_hits_at_admission_skip_the_cached_tokens() {
 }
 
 #[test]
+fn a_burst_sharing_a_prefix_computes_it_once() {
+    let (mut s, mut m) = (
+        Scheduler::new(cfg(64, 100, 8)).unwrap(),
+        FakeModel::default(),
+    );
+    // 1 and 3 share three full blocks; 2 shares nothing; all arrive at once.
+    let shared = prompt(1, 12);
+    let mut p3 = shared.clone();
+    p3.extend([5, 5]);
+    let mut p1 = shared;
+    p1.extend([6, 6, 6]);
+    m.add(&mut s, 1, Priority::Batch, p1, 2);
+    m.add(&mut s, 2, Priority::Batch, prompt(50, 6), 2);
+    m.add(&mut s, 3, Priority::Batch, p3, 2);
+    let (b, _) = step(&mut s, &mut m);
+    // 3 waits while 1 computes the shared blocks; next step they are hits.
+    assert_eq!(ids_and_lens(&b), vec![(1, 0, 15, true), (2, 0, 6, true)]);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 15, 1, true), (2, 6, 1, true), (3, 12, 2, true)]);
+    assert_eq!(b.seqs[0].block_table[..3], b.seqs[2].block_table[..3]);
+    run_until_idle(&mut s, &mut m);
+}
+
+#[test]
+fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
+    // Budget 10: 1's 16-token prompt takes two steps. 2 (same first 12
+    // tokens) arrives after the first: two shared blocks are cached then, the
+    // third is still being computed, so 2 waits one more step for it.
+    let (mut s, mut m) = (Scheduler::new(cfg(64, 10, 8)).unwrap(), FakeModel::default());
+    let mut p1 = prompt(1, 12);
+    p1.extend([6, 6, 6, 6]);
+    m.add(&mut s, 1, Priority::Batch, p1, 2);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 0, 10, false)]);
+    let mut p2 = prompt(1, 12);
+    p2.extend([7]);
+    m.add(&mut s, 2, Priority::Batch, p2, 1);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 10, 6, true)]);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 16, 1, true), (2, 12, 1, true)]);
+    run_until_idle(&mut s, &mut m);
+}
+
+#[test]
 fn prefix_caching_disabled_recomputes_everything() {
     let config = SchedulerConfig {
         enable_prefix_caching: false,
