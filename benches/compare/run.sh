@@ -39,7 +39,7 @@ source benches/compare/install.sh   # CACHE, PEERS, install_peer, LLAMA_SERVER, 
 
 GGUF="$ROOT/weights/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 INFERD="${INFERD_BIN:-$ROOT/target/release/inferd}"
-INFERD_DTYPE="${INFERD_DTYPE:-f32}"            # f32 is faster than bf16 on this CPU
+INFERD_DTYPE="${INFERD_DTYPE:-f32}"            # bf16 where the CPU has native bf16 (avx512_bf16/AMX), see README
 INFERD_MAX_NUM_SEQS="${INFERD_MAX_NUM_SEQS:-64}"
 INFERD_KV_MB="${INFERD_KV_MB:-1024}"
 TF_DTYPE="${TF_DTYPE:-float32}"
@@ -221,7 +221,7 @@ warmup() {
 # --- machine: CPU, memory bandwidth, weight bytes, versions -------------------
 log "machine + memory bandwidth"
 "$CACHE/venv/bin/python" benches/compare/membw.py --gguf "$GGUF" --out "$out/machine.json" \
-  --set "inferd_dtype=$INFERD_DTYPE" "inferd_commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src actors Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)" \
+  --set "inferd_dtype=$INFERD_DTYPE" "tf_dtype=$TF_DTYPE" "inferd_commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src actors Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)" \
   "llama_cpp_python=$LLAMA_CPP_PYTHON_VERSION" "threads=$THREADS" "smoke=$smoke" "run_id=$RUN_ID" \
   "llama_server_version=$( [[ -x $LLAMA_SERVER ]] && "$LLAMA_SERVER" --version 2>&1 | grep -m1 -i '^version' | sed 's/^version: //' || echo -)" \
   "transformers=$("$CACHE/venv/bin/python" -c 'import transformers;print(transformers.__version__)')" \

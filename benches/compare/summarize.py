@@ -140,7 +140,7 @@ def main():
                  f"bf16 {wt['bf16_bytes'] / 1e6:.0f} MB, as stored (Q4_1 + Q8_0 embedding) {wt['gguf_bytes'] / 1e6:.1f} MB")
         L.append(f"- One-stream bound (bandwidth / bytes per token): f32 {bound.get('f32')} tok/s, "
                  f"bf16 {bound.get('bf16')} tok/s, Q4_1 {bound.get('q4_1')} tok/s")
-    vers = [f"{k} {machine[k]}" for k in ("inferd_commit", "inferd_dtype", "llama_cpp_python", "llama_server_version", "transformers", "torch", "threads") if k in machine]
+    vers = [f"{k} {machine[k]}" for k in ("inferd_commit", "inferd_dtype", "tf_dtype", "llama_cpp_python", "llama_server_version", "transformers", "torch", "threads") if k in machine]
     if vers:
         L.append("- Versions / settings: " + "; ".join(vers))
     L.append("")
