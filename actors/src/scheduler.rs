@@ -296,7 +296,7 @@ impl Scheduler {
                 break;
             };
             let Some(seq) = queue.front_mut() else { break };
-            if awaits_shared_prefill(&self.running, &self.blocks, seq) {
+            if self.config.enable_prefix_caching && awaits_shared_prefill(&self.running, &self.blocks, seq) {
                 break;
             }
             let (seq_blocks, tokens) = seq.blocks_and_tokens();
@@ -514,6 +514,7 @@ impl Scheduler {
 /// two later, once the other's prefill has registered them. It holds the
 /// queue behind it only while that prefill runs, which makes progress every
 /// step (prefills are planned before admission), so nothing starves.
+/// Only with prefix caching on: without it the blocks are never shared.
 fn awaits_shared_prefill(running: &[Sequence], blocks: &BlockManager, seq: &Sequence) -> bool {
     let bs = blocks.block_size();
     let tokens = seq.all_tokens();

@@ -371,6 +371,11 @@ fn prefix_caching_disabled_recomputes_everything() {
     m.add(&mut s, 2, Priority::Batch, prompt(1, 10), 1);
     let (b, _) = step(&mut s, &mut m);
     assert_eq!(ids_and_lens(&b), vec![(2, 0, 10, true)]);
+    // Nothing can be shared, so a burst with one prefix is admitted at once.
+    m.add(&mut s, 3, Priority::Batch, prompt(1, 10), 1);
+    m.add(&mut s, 4, Priority::Batch, prompt(1, 10), 1);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(3, 0, 10, true), (4, 0, 10, true)]);
 }
 
 #[test]
