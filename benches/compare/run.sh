@@ -39,7 +39,7 @@ source benches/compare/install.sh   # CACHE, PEERS, install_peer, LLAMA_SERVER, 
 
 GGUF="$ROOT/weights/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
 INFERD="${INFERD_BIN:-$ROOT/target/release/inferd}"
-INFERD_DTYPE="${INFERD_DTYPE:-f32}"            # bf16 where the CPU has native bf16 (avx512_bf16/AMX), see README
+INFERD_DTYPE="${INFERD_DTYPE:-f32}"            # set bf16 where the CPU has native bf16 (avx512_bf16/AMX), see README
 INFERD_MAX_NUM_SEQS="${INFERD_MAX_NUM_SEQS:-64}"
 INFERD_KV_MB="${INFERD_KV_MB:-1024}"
 TF_DTYPE="${TF_DTYPE:-float32}"
