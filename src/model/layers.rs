@@ -10,6 +10,7 @@ use tch::{Device, Kind, TchError, Tensor};
 
 use super::config::{ModelConfig, RopeScaling};
 use super::loader::{LoadError, WeightSource};
+use super::packed_linear::{self, PackedWeight};
 
 /// Where and in which float kind the model runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,20 +35,38 @@ impl Placement {
     }
 }
 
-/// `y = x W^T + b`, with W kept as `w_t` = W^T, shape [in, out].
-///
-/// Why W^T: on CPU, libtorch's `linear` (W as [out, in], a transposed-B
-/// GEMM) is 3-6x slower than a plain `mm` with [in, out] for the 4-48 row
-/// batches that decode steps make (measured with torch 2.11, 2 threads:
-/// 576x1536 at 16 rows, 815 us vs 143 us), and never faster. So on CPU the
-/// weight is stored transposed and contiguous. On CUDA, cuBLAS reads either
-/// layout at the same speed, so `w_t` is only a transposed view of the
-/// checkpoint's [out, in] tensor and costs no copy.
+/// `y = x W^T + b`, with W held in whichever form multiplies fastest where
+/// the model runs (see [`WeightForm`]).
 #[derive(Debug)]
 pub struct Linear {
-    pub w_t: Tensor,
-    pub bias: Option<Tensor>,
+    weight: WeightForm,
+    bias: Option<Tensor>,
 }
+
+/// How a [`Linear`] keeps W ([out, in] in the checkpoint).
+///
+/// Why three forms: on CPU, libtorch's f32 GEMM (MKL) is fastest with a plain
+/// [in, out] weight, 3-6x faster than the transposed-B GEMM for the 4-48 row
+/// batches that decode steps make (576x1536 at 16 rows, torch 2.11, 2
+/// threads: 143 us vs 815 us), and MKL gives the same bits for a row whatever
+/// the batch, which keeps f32 greedy outputs batch-invariant. In bf16 and f16
+/// the GEMM is oneDNN's, which re-lays a plain weight out on every call;
+/// packing it once is 1.4-2.4x faster (see `packed_linear`) and still gives
+/// the same bits per row whatever the batch. On CUDA, cuBLAS reads either
+/// layout at the same speed, so W stays as loaded and costs no copy.
+#[derive(Debug)]
+enum WeightForm {
+    /// W^T [in, out], contiguous: `x.mm(w_t)`.
+    InOut(Tensor),
+    /// W [out, in] as loaded: `x.mm(w.t())`, the transpose a view.
+    OutIn(Tensor),
+    /// oneDNN's blocked layout, CPU bf16/f16.
+    Packed(PackedWeight),
+}
+
+/// Rows the packed layout is tuned for: a decode step's batch. Any row count
+/// works; prefill chunks of 512 rows ran as fast as with a 512-row packing.
+const PACK_ROWS: i64 = 16;
 
 impl Linear {
     /// Load `{prefix}.weight` [out, in] and, when `bias`, `{prefix}.bias` [out].
@@ -76,33 +95,62 @@ impl Linear {
     /// A projection, without bias, from an already placed [out, in] weight
     /// (a tied LM head, or the weights `load_fused` stacked).
     pub fn from_placed(ws: &dyn WeightSource, weight: &Tensor, at: &Placement) -> Result<Linear, LoadError> {
-        let w_t = transpose_for(weight, at).map_err(|source| LoadError::Torch { path: ws.origin(), source })?;
-        Ok(Linear { w_t, bias: None })
+        let weight = WeightForm::new(weight, at).map_err(|source| LoadError::Torch { path: ws.origin(), source })?;
+        Ok(Linear { weight, bias: None })
     }
 
-    /// GPT-2's Conv1D stores W as [in, out], which is already `w_t`.
+    /// GPT-2's Conv1D stores W as [in, out].
     pub fn load_conv1d(ws: &dyn WeightSource, at: &Placement, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Linear, LoadError> {
         let w_t = at.load(ws, &format!("{prefix}.weight"), &[in_dim, out_dim])?;
         let bias = Some(at.load(ws, &format!("{prefix}.bias"), &[out_dim])?);
-        Ok(Linear { w_t, bias })
+        let torch = |source| LoadError::Torch { path: ws.origin(), source };
+        let weight = WeightForm::new(&w_t.f_transpose(0, 1).map_err(torch)?, at).map_err(torch)?;
+        Ok(Linear { weight, bias })
     }
 
     /// x: [T, in] -> [T, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
+        let w_t = match &self.weight {
+            WeightForm::Packed(p) => return packed_linear::linear(x, p, self.bias.as_ref()),
+            WeightForm::InOut(w_t) => w_t.shallow_clone(),
+            WeightForm::OutIn(w) => w.f_transpose(0, 1)?,
+        };
         match &self.bias {
-            Some(b) => b.f_addmm(x, &self.w_t),
-            None => x.f_mm(&self.w_t),
+            Some(b) => b.f_addmm(x, &w_t),
+            None => x.f_mm(&w_t),
+        }
+    }
+
+    /// Which form the weight is kept in (for tests and logs).
+    pub fn form(&self) -> &'static str {
+        match self.weight {
+            WeightForm::InOut(_) => "in-out",
+            WeightForm::OutIn(_) => "out-in",
+            WeightForm::Packed(_) => "packed",
         }
     }
 }
 
-/// W [out, in] as W^T [in, out]: contiguous on CPU, a view elsewhere.
-fn transpose_for(w: &Tensor, at: &Placement) -> Result<Tensor, TchError> {
-    let t = w.f_transpose(0, 1)?;
-    if at.device == Device::Cpu {
-        t.f_contiguous()
-    } else {
-        Ok(t)
+impl WeightForm {
+    /// W [out, in] (possibly a view) in the form for `at`.
+    fn new(w: &Tensor, at: &Placement) -> Result<WeightForm, TchError> {
+        if at.device != Device::Cpu {
+            return Ok(WeightForm::OutIn(w.shallow_clone()));
+        }
+        match at.kind {
+            Kind::BFloat16 | Kind::Half => {
+                if packed_linear::available() {
+                    match packed_linear::pack(w, PACK_ROWS) {
+                        Ok(p) => return Ok(WeightForm::Packed(p)),
+                        // oneDNN has no kernel for this dtype on this CPU
+                        // (bf16 wants AVX-512 BW/VL/DQ): the plain layout works.
+                        Err(e) => tracing::debug!(error = %e, "linear weight left unpacked"),
+                    }
+                }
+                Ok(WeightForm::OutIn(w.f_contiguous()?))
+            }
+            _ => Ok(WeightForm::InOut(w.f_transpose(0, 1)?.f_contiguous()?)),
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod llama;
 pub mod source;
 pub mod loader;
+pub mod packed_linear;
 pub mod tokenizer;
 
 use tch::{Kind, TchError, Tensor};

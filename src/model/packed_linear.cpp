@@ -1,0 +1,96 @@
+// oneDNN pre-packed linear for CPU, reached through libtorch's dispatcher.
+//
+// libtorch registers `mkldnn::_reorder_linear_weight` and
+// `mkldnn::_linear_pointwise` (the ops torch.compile's CPU weight freezing
+// uses), but they are not in ATen's native function list, so tch has no
+// binding for them. These C functions call them by name, boxed, and turn a
+// C++ exception into a null return plus a message for the Rust side.
+//
+// Tensors cross the boundary as `at::Tensor*`, which is what tch's
+// `C_tensor` handles are; a returned pointer is owned by the caller.
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <exception>
+#include <optional>
+#include <string>
+
+namespace {
+
+thread_local std::string last_error;
+
+std::optional<c10::OperatorHandle> find_op(const char* name) {
+    return c10::Dispatcher::singleton().findSchema({name, ""});
+}
+
+template <typename F>
+at::Tensor* guarded(F&& f) {
+    try {
+        return new at::Tensor(f());
+    } catch (const c10::Error& e) {
+        last_error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+        last_error = e.what();
+    } catch (...) {
+        last_error = "unknown C++ exception";
+    }
+    return nullptr;
+}
+
+at::Tensor call_one(const char* name, torch::jit::Stack stack) {
+    auto op = find_op(name);
+    TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
+    op->callBoxed(&stack);
+    TORCH_CHECK(stack.size() == 1 && stack[0].isTensor(), "operator ", name, " returned no tensor");
+    return stack[0].toTensor();
+}
+
+}  // namespace
+
+extern "C" {
+
+// 1 when this libtorch has the oneDNN ops (built with MKLDNN), else 0.
+int inferd_packed_linear_available() {
+    try {
+        return find_op("mkldnn::_reorder_linear_weight").has_value() &&
+               find_op("mkldnn::_linear_pointwise").has_value();
+    } catch (...) {
+        return 0;
+    }
+}
+
+// w: dense [out, in]. Returns the weight in oneDNN's blocked layout for
+// inputs of about `batch` rows (any row count works with it). Fails for a
+// dtype this CPU has no oneDNN kernel for (bf16 wants AVX-512 BW/VL/DQ or
+// AVX-NE-CONVERT, f16 AVX512-FP16 or AVX-NE-CONVERT).
+at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
+    return guarded([&] {
+        torch::jit::Stack stack;
+        stack.emplace_back(*w);
+        stack.emplace_back(batch);
+        return call_one("mkldnn::_reorder_linear_weight", std::move(stack));
+    });
+}
+
+// x: [rows, in]; w: from inferd_pack_linear_weight; bias: [out] or null.
+at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* bias) {
+    return guarded([&] {
+        torch::jit::Stack stack;
+        stack.emplace_back(*x);
+        stack.emplace_back(*w);
+        stack.emplace_back(bias ? c10::IValue(*bias) : c10::IValue());
+        stack.emplace_back(std::string("none"));
+        stack.emplace_back(c10::impl::GenericList(c10::OptionalType::create(c10::NumberType::get())));
+        stack.emplace_back(std::string(""));
+        return call_one("mkldnn::_linear_pointwise", std::move(stack));
+    });
+}
+
+// The message of the last failed call on this thread.
+const char* inferd_packed_linear_last_error() {
+    return last_error.c_str();
+}
+
+}  // extern "C"
