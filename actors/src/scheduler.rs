@@ -3,10 +3,12 @@
 //! Every step fills a token budget (`max_batched_tokens`, `max_num_seqs`):
 //! first one token for each running sequence that is decoding, then chunks of
 //! running sequences still in prefill, then new sequences admitted from the
-//! waiting queues (interactive strictly before batch, FCFS within a priority;
-//! a prefix-cache lookup at admission skips the cached part of the prompt,
-//! and a prompt sharing blocks that a running prefill is still computing
-//! waits until they are cached rather than computing them a second time).
+//! waiting queues (interactive strictly before batch; within a priority the
+//! longest cached prefix first, FCFS among equals, SGLang's "lpm" order with
+//! bounded overtaking; a prefix-cache lookup at admission skips the cached
+//! part of the prompt, and a prompt sharing blocks that a running prefill is
+//! still computing waits until they are cached rather than computing them a
+//! second time).
 //! A prompt longer than the budget left is split across steps (chunked
 //! prefill), so one long prompt never stalls the decodes of everyone else.
 //!
@@ -34,6 +36,10 @@ pub const DEFAULT_MAX_NUM_SEQS: usize = 256;
 pub const DEFAULT_MAX_BATCHED_TOKENS: usize = 2048;
 /// Default tokens per KV block.
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
+/// Waiting sequences (from the head of a queue) compared for admission.
+const ADMIT_WINDOW: usize = 32;
+/// Admissions that may overtake a waiting sequence before it goes first.
+const MAX_OVERTAKEN: u32 = 32;
 
 /// Limits of one scheduler (one model replica).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,27 +292,31 @@ impl Scheduler {
         }
     }
 
-    /// Admits waiting sequences in priority then FCFS order while budget,
-    /// `max_num_seqs` and blocks allow. Strict: a head that does not fit
-    /// blocks everyone behind it (no overtaking, so no starvation).
+    /// Admits waiting sequences, highest priority first (see
+    /// `next_to_admit` for the order within one), while budget,
+    /// `max_num_seqs` and blocks allow. A sequence whose blocks do not fit
+    /// stops admission for this step: nothing smaller slips past it, so a
+    /// long prompt is not starved by short ones.
     fn admit_waiting(&mut self, budget: &mut usize, plan: &mut Vec<(SeqId, usize)>) {
         let mut admitted = false;
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(queue) = self.waiting.iter_mut().find(|q| !q.is_empty()) else {
+            let Some(p) = self.waiting.iter().position(|q| !q.is_empty()) else {
                 break;
             };
-            let Some(seq) = queue.front_mut() else { break };
-            if self.config.enable_prefix_caching && awaits_shared_prefill(&self.running, &self.blocks, seq) {
-                break;
-            }
+            let Some(j) = self.next_to_admit(p) else { break };
+            let queue = &mut self.waiting[p];
+            let Some(seq) = queue.get_mut(j) else { break }; // j < queue.len()
             let (seq_blocks, tokens) = seq.blocks_and_tokens();
             let Ok(cached) = self.blocks.allocate_prompt(seq_blocks, tokens) else {
                 break;
             };
             seq.num_computed = cached;
-            let Some(mut seq) = queue.pop_front() else {
+            let Some(mut seq) = queue.remove(j) else {
                 break;
-            }; // front_mut was Some
+            }; // get_mut(j) was Some
+            for ahead in queue.iter_mut().take(j) {
+                ahead.overtaken += 1;
+            }
             seq.status = SeqStatus::Running;
             let chunk = seq.num_uncomputed().min(*budget);
             plan.push((seq.id, chunk));
@@ -318,6 +328,34 @@ impl Scheduler {
             // Re-admitted preempted sequences are older than the newest runners.
             self.running.sort_by_key(|s| (s.priority, s.arrival));
         }
+    }
+
+    /// Index in `waiting[p]` of the sequence to admit next, or None to
+    /// admit nothing more this step.
+    ///
+    /// With prefix caching, the one among the first `ADMIT_WINDOW` with the
+    /// longest cached prefix, the earliest among equals (SGLang's "lpm"): a
+    /// mostly cached prompt costs a few tokens of prefill, so serving it
+    /// first cuts mean time to first token, and it keeps the blocks it hits
+    /// from being evicted before it runs. A sequence waiting for a running
+    /// prefill's blocks is skipped until they are cached. Overtaking is
+    /// bounded: once the head has been overtaken `MAX_OVERTAKEN` times it
+    /// goes next (or, if it waits for blocks, holds the queue). Without
+    /// prefix caching every hit is zero and this is FCFS.
+    fn next_to_admit(&self, p: usize) -> Option<usize> {
+        let queue = &self.waiting[p];
+        let head = queue.front()?;
+        let held = |s: &Sequence| self.config.enable_prefix_caching && awaits_shared_prefill(&self.running, &self.blocks, s);
+        if !self.config.enable_prefix_caching || head.overtaken >= MAX_OVERTAKEN {
+            return (!held(head)).then_some(0);
+        }
+        queue
+            .iter()
+            .take(ADMIT_WINDOW)
+            .enumerate()
+            .filter(|(_, s)| !held(s))
+            .max_by_key(|(j, s)| (self.blocks.cached_prefix_tokens(s.all_tokens()), std::cmp::Reverse(*j)))
+            .map(|(j, _)| j)
     }
 
     /// Turns the plan into the executor's batch and remembers it for

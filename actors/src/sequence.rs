@@ -65,6 +65,9 @@ pub struct Sequence {
     /// Upper bound on generated tokens; reaching it finishes with `Length`.
     pub max_tokens: usize,
     pub status: SeqStatus,
+    /// Times a later arrival of its priority was admitted ahead of it (the
+    /// scheduler admits the longest cached prefix first, and caps this).
+    pub overtaken: u32,
 }
 
 impl Sequence {
@@ -81,6 +84,7 @@ impl Sequence {
             blocks: SeqBlocks::default(),
             max_tokens,
             status: SeqStatus::Waiting,
+            overtaken: 0,
         }
     }
 

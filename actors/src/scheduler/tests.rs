@@ -307,11 +307,45 @@ fn prefix_hits_at_admission_skip_the_cached_tokens() {
     assert_eq!(ids_and_lens(&b), vec![(1, 10, 1, true), (2, 8, 3, true)]);
     assert_eq!(b.seqs[0].block_table[..2], b.seqs[1].block_table[..2]);
     run_until_idle(&mut s, &mut m);
-    // After both ended: a miss, then a hit on freed-but-cached blocks.
+    // After both ended: a miss, then a hit on freed-but-cached blocks. The
+    // hit is admitted first (longest cached prefix first).
     m.add(&mut s, 3, Priority::Batch, prompt(9, 10), 1);
     m.add(&mut s, 4, Priority::Batch, prompt(1, 10), 1);
     let (b, _) = step(&mut s, &mut m);
-    assert_eq!(ids_and_lens(&b), vec![(3, 0, 10, true), (4, 8, 2, true)]);
+    assert_eq!(ids_and_lens(&b), vec![(4, 8, 2, true), (3, 0, 10, true)]);
+}
+
+#[test]
+fn the_longest_cached_prefix_is_admitted_first() {
+    // Budget 5: after the hit's 2 new tokens, the older miss gets a 3-token chunk.
+    let (mut s, mut m) = (Scheduler::new(cfg(32, 5, 4)).unwrap(), FakeModel::default());
+    m.add(&mut s, 1, Priority::Batch, prompt(1, 10), 1);
+    run_until_idle(&mut s, &mut m);
+    m.add(&mut s, 2, Priority::Batch, prompt(9, 10), 1);
+    m.add(&mut s, 3, Priority::Batch, prompt(1, 10), 1);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(3, 8, 2, true), (2, 0, 3, false)]);
+    run_until_idle(&mut s, &mut m);
+}
+
+#[test]
+fn overtaking_a_waiting_sequence_is_bounded() {
+    // One sequence at a time, so the finish order is the admission order. A
+    // miss (2) waits behind nothing but 40 later cache hits: it lets
+    // MAX_OVERTAKEN of them go first, then goes itself.
+    let (mut s, mut m) = (Scheduler::new(cfg(64, 100, 1)).unwrap(), FakeModel::default());
+    m.add(&mut s, 1, Priority::Batch, prompt(1, 10), 1);
+    run_until_idle(&mut s, &mut m);
+    m.add(&mut s, 2, Priority::Batch, prompt(9, 10), 1);
+    for id in 10..50 {
+        m.add(&mut s, id, Priority::Batch, prompt(1, 10), 1);
+    }
+    let order: Vec<u64> = run_until_idle(&mut s, &mut m).iter().map(|f| f.id.0).collect();
+    let limit = MAX_OVERTAKEN as usize;
+    let mut want: Vec<u64> = (10..10 + limit as u64).collect();
+    want.push(2);
+    want.extend(10 + limit as u64..50);
+    assert_eq!(order, want);
 }
 
 #[test]
