@@ -120,15 +120,6 @@ impl Linear {
             None => x.f_mm(&w_t),
         }
     }
-
-    /// Which form the weight is kept in (for tests and logs).
-    pub fn form(&self) -> &'static str {
-        match self.weight {
-            WeightForm::InOut(_) => "in-out",
-            WeightForm::OutIn(_) => "out-in",
-            WeightForm::Packed(_) => "packed",
-        }
-    }
 }
 
 impl WeightForm {

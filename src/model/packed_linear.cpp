@@ -25,6 +25,18 @@ std::optional<c10::OperatorHandle> find_op(const char* name) {
     return c10::Dispatcher::singleton().findSchema({name, ""});
 }
 
+// Looked up once: findSchema takes the dispatcher's lock, and a handle stays
+// valid for the life of the process (libtorch_cpu's ops are never removed).
+const std::optional<c10::OperatorHandle>& reorder_op() {
+    static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_reorder_linear_weight");
+    return op;
+}
+
+const std::optional<c10::OperatorHandle>& linear_op() {
+    static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_linear_pointwise");
+    return op;
+}
+
 template <typename F>
 at::Tensor* guarded(F&& f) {
     try {
@@ -39,8 +51,7 @@ at::Tensor* guarded(F&& f) {
     return nullptr;
 }
 
-at::Tensor call_one(const char* name, torch::jit::Stack stack) {
-    auto op = find_op(name);
+at::Tensor call_one(const std::optional<c10::OperatorHandle>& op, const char* name, torch::jit::Stack stack) {
     TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
     op->callBoxed(&stack);
     TORCH_CHECK(stack.size() == 1 && stack[0].isTensor(), "operator ", name, " returned no tensor");
@@ -54,8 +65,7 @@ extern "C" {
 // 1 when this libtorch has the oneDNN ops (built with MKLDNN), else 0.
 int inferd_packed_linear_available() {
     try {
-        return find_op("mkldnn::_reorder_linear_weight").has_value() &&
-               find_op("mkldnn::_linear_pointwise").has_value();
+        return reorder_op().has_value() && linear_op().has_value();
     } catch (...) {
         return 0;
     }
@@ -70,7 +80,7 @@ at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
         torch::jit::Stack stack;
         stack.emplace_back(*w);
         stack.emplace_back(batch);
-        return call_one("mkldnn::_reorder_linear_weight", std::move(stack));
+        return call_one(reorder_op(), "mkldnn::_reorder_linear_weight", std::move(stack));
     });
 }
 
@@ -84,7 +94,7 @@ at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const
         stack.emplace_back(std::string("none"));
         stack.emplace_back(c10::impl::GenericList(c10::OptionalType::create(c10::NumberType::get())));
         stack.emplace_back(std::string(""));
-        return call_one("mkldnn::_linear_pointwise", std::move(stack));
+        return call_one(linear_op(), "mkldnn::_linear_pointwise", std::move(stack));
     });
 }
 
