@@ -122,7 +122,7 @@ struct InFlight {
 pub struct Scheduler {
     config: SchedulerConfig,
     blocks: BlockManager,
-    /// One FCFS queue per priority; preempted sequences re-enter at the front.
+    /// One arrival-ordered queue per priority (see `next_to_admit`); preempted sequences re-enter at the front.
     waiting: [VecDeque<Sequence>; Priority::COUNT],
     /// Kept sorted by (priority, arrival): the tail is the preemption victim.
     running: Vec<Sequence>,
@@ -299,11 +299,12 @@ impl Scheduler {
     /// long prompt is not starved by short ones.
     fn admit_waiting(&mut self, budget: &mut usize, plan: &mut Vec<(SeqId, usize)>) {
         let mut admitted = false;
+        let mut hits = HashMap::new();
         while *budget > 0 && self.running.len() < self.config.max_num_seqs {
             let Some(p) = self.waiting.iter().position(|q| !q.is_empty()) else {
                 break;
             };
-            let Some(j) = self.next_to_admit(p) else { break };
+            let Some(j) = self.next_to_admit(p, &mut hits) else { break };
             let queue = &mut self.waiting[p];
             let Some(seq) = queue.get_mut(j) else { break }; // j < queue.len()
             let (seq_blocks, tokens) = seq.blocks_and_tokens();
@@ -342,7 +343,12 @@ impl Scheduler {
     /// bounded: once the head has been overtaken `MAX_OVERTAKEN` times it
     /// goes next (or, if it waits for blocks, holds the queue). Without
     /// prefix caching every hit is zero and this is FCFS.
-    fn next_to_admit(&self, p: usize) -> Option<usize> {
+    ///
+    /// `hits` memoizes each candidate's cached prefix for one step, so a
+    /// prompt is hashed once per step however many admissions it sits
+    /// through. Admissions in the step can only evict, which makes a memo
+    /// optimistic, never wrong: `allocate_prompt` returns the true hit.
+    fn next_to_admit(&self, p: usize, hits: &mut HashMap<SeqId, usize>) -> Option<usize> {
         let queue = &self.waiting[p];
         let head = queue.front()?;
         let held = |s: &Sequence| self.config.enable_prefix_caching && awaits_shared_prefill(&self.running, &self.blocks, s);
@@ -354,8 +360,12 @@ impl Scheduler {
             .take(ADMIT_WINDOW)
             .enumerate()
             .filter(|(_, s)| !held(s))
-            .max_by_key(|(j, s)| (self.blocks.cached_prefix_tokens(s.all_tokens()), std::cmp::Reverse(*j)))
-            .map(|(j, _)| j)
+            .map(|(j, s)| {
+                let hit = *hits.entry(s.id).or_insert_with(|| self.blocks.cached_prefix_tokens(s.all_tokens()));
+                (hit, std::cmp::Reverse(j))
+            })
+            .max()
+            .map(|(_, std::cmp::Reverse(j))| j)
     }
 
     /// Turns the plan into the executor's batch and remembers it for

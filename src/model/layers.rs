@@ -51,7 +51,7 @@ pub struct Linear {
 /// threads: 143 us vs 815 us), and MKL gives the same bits for a row whatever
 /// the batch, which keeps f32 greedy outputs batch-invariant. In bf16 and f16
 /// the GEMM is oneDNN's, which re-lays a plain weight out on every call;
-/// packing it once is 1.4-2.4x faster (see `packed_linear`) and still gives
+/// packing it once is 1.4-2.5x faster (see `packed_linear`) and still gives
 /// the same bits per row whatever the batch. On CUDA, cuBLAS reads either
 /// layout at the same speed, so W stays as loaded and costs no copy.
 #[derive(Debug)]
