@@ -45,7 +45,7 @@ pub struct Linear {
 
 /// How a [`Linear`] keeps W ([out, in] in the checkpoint).
 ///
-/// Why three forms: on CPU, libtorch's f32 GEMM (MKL) is fastest with a plain
+/// Why these layouts: on CPU, libtorch's f32 GEMM (MKL) is fastest with a plain
 /// [in, out] weight, 3-6x faster than the transposed-B GEMM for the 4-48 row
 /// batches that decode steps make (576x1536 at 16 rows, torch 2.11, 2
 /// threads: 143 us vs 815 us), and MKL gives the same bits for a row whatever
@@ -56,10 +56,10 @@ pub struct Linear {
 /// layout at the same speed, so W stays as loaded and costs no copy.
 #[derive(Debug)]
 enum WeightForm {
-    /// W^T [in, out], contiguous: `x.mm(w_t)`.
-    InOut(Tensor),
-    /// W [out, in] as loaded: `x.mm(w.t())`, the transpose a view.
-    OutIn(Tensor),
+    /// W^T [in, out] for `x.mm(w_t)`: contiguous for CPU f32; elsewhere a
+    /// transposed view of W [out, in] as loaded (CUDA, and CPU bf16/f16
+    /// where oneDNN cannot pack).
+    Mm(Tensor),
     /// oneDNN's blocked layout, CPU bf16/f16.
     Packed(PackedWeight),
 }
@@ -110,14 +110,10 @@ impl Linear {
 
     /// x: [T, in] -> [T, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
-        let w_t = match &self.weight {
-            WeightForm::Packed(p) => return packed_linear::linear(x, p, self.bias.as_ref()),
-            WeightForm::InOut(w_t) => w_t.shallow_clone(),
-            WeightForm::OutIn(w) => w.f_transpose(0, 1)?,
-        };
-        match &self.bias {
-            Some(b) => b.f_addmm(x, &w_t),
-            None => x.f_mm(&w_t),
+        match (&self.weight, &self.bias) {
+            (WeightForm::Packed(p), bias) => packed_linear::linear(x, p, bias.as_ref()),
+            (WeightForm::Mm(w_t), Some(b)) => b.f_addmm(x, w_t),
+            (WeightForm::Mm(w_t), None) => x.f_mm(w_t),
         }
     }
 }
@@ -126,7 +122,7 @@ impl WeightForm {
     /// W [out, in] (possibly a view) in the form for `at`.
     fn new(w: &Tensor, at: &Placement) -> Result<WeightForm, TchError> {
         if at.device != Device::Cpu {
-            return Ok(WeightForm::OutIn(w.shallow_clone()));
+            return Ok(WeightForm::Mm(w.f_transpose(0, 1)?));
         }
         match at.kind {
             Kind::BFloat16 | Kind::Half => {
@@ -138,9 +134,9 @@ impl WeightForm {
                         Err(e) => tracing::debug!(error = %e, "linear weight left unpacked"),
                     }
                 }
-                Ok(WeightForm::OutIn(w.f_contiguous()?))
+                Ok(WeightForm::Mm(w.f_contiguous()?.f_transpose(0, 1)?))
             }
-            _ => Ok(WeightForm::InOut(w.f_transpose(0, 1)?.f_contiguous()?)),
+            _ => Ok(WeightForm::Mm(w.f_transpose(0, 1)?.f_contiguous()?)),
         }
     }
 }
