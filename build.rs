@@ -6,21 +6,23 @@
 //! torch/lib so the binary (and the tests) find libtorch at run time without
 //! LD_LIBRARY_PATH. `$ORIGIN/lib` is also on the rpath for relocatable bundles.
 //!
-//! It also compiles `src/model/packed_linear.cpp`, a small C++ shim over
-//! libtorch's oneDNN packed-linear ops that tch has no binding for, and sets
-//! `cfg(inferd_packed_linear)` when it did.
+//! It also compiles small C++ shims against libtorch's headers and sets
+//! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
+//! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
+//! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
+//! steps) and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
 use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo::rustc-check-cfg=cfg(inferd_packed_linear)");
+    println!("cargo::rustc-check-cfg=cfg(inferd_torch_shim)");
     let Some(dir) = std::env::var_os("LIBTORCH") else {
-        println!("cargo:warning=LIBTORCH is not set; run `make setup` (no rpath to torch/lib, no packed linear)");
+        println!("cargo:warning=LIBTORCH is not set; run `make setup` (no rpath to torch/lib, no C++ shims)");
         return;
     };
     let torch = PathBuf::from(dir);
-    compile_packed_linear(&torch);
+    compile_shims(&torch);
     let lib = torch.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/lib");
@@ -33,18 +35,20 @@ fn main() {
     }
 }
 
-/// Build the oneDNN packed-linear shim against libtorch's headers.
-fn compile_packed_linear(torch: &Path) {
-    const SRC: &str = "src/model/packed_linear.cpp";
-    println!("cargo:rerun-if-changed={SRC}");
+/// Build the C++ shims against libtorch's headers.
+fn compile_shims(torch: &Path) {
+    const SRCS: [&str; 3] = ["src/model/packed_linear.cpp", "src/model/fused_cpu.cpp", "src/model/inference_mode.cpp"];
+    for src in SRCS {
+        println!("cargo:rerun-if-changed={src}");
+    }
     let include = torch.join("include");
     if !include.join("ATen/core/dispatch/Dispatcher.h").exists() {
-        println!("cargo:warning=no libtorch headers under {}; CPU linears run unpacked", include.display());
+        println!("cargo:warning=no libtorch headers under {}; CPU linears run unpacked, element-wise steps unfused", include.display());
         return;
     }
     cc::Build::new()
         .cpp(true)
-        .file(SRC)
+        .files(SRCS)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .std("c++17")
@@ -52,7 +56,15 @@ fn compile_packed_linear(torch: &Path) {
         // mismatch would fail to link, not misbehave.
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .flag_if_supported("-Wno-unused-parameter")
-        .opt_level(2)
-        .compile("inferd_packed_linear");
-    println!("cargo:rustc-cfg=inferd_packed_linear");
+        // fused_cpu.cpp reproduces libtorch's roundings; a fused multiply-add
+        // would skip one.
+        .flag("-ffp-contract=off")
+        // at::parallel_for in fused_cpu.cpp is OpenMP inline code; it must
+        // run on libtorch's own OpenMP runtime (linked below), not a second one.
+        .flag("-fopenmp")
+        .opt_level(3)
+        .compile("inferd_torch_shim");
+    println!("cargo:rustc-cfg=inferd_torch_shim");
+    println!("cargo:rustc-link-arg=-L{}", torch.join("lib").display());
+    println!("cargo:rustc-link-arg=-l:libgomp.so.1");
 }

@@ -5,6 +5,7 @@
 use tch::{TchError, Tensor};
 
 use super::batch::{AttnGroup, StepTensors};
+use super::fused_cpu;
 
 /// Shapes of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +27,14 @@ pub fn paged_attention(
     shape: AttnShape,
 ) -> Result<Tensor, TchError> {
     let AttnShape { num_heads: h, num_kv_heads: kvh, head_dim: d } = shape;
-    let flat = [-1, kvh, d];
-    // index_copy_ writes through the view into the pool; the returned handle is not needed.
-    let _ = k_pool.f_view(flat)?.f_index_copy_(0, &step.slots, k)?;
-    let _ = v_pool.f_view(flat)?.f_index_copy_(0, &step.slots, v)?;
+    if fused_cpu::applies(k) {
+        fused_cpu::write_kv(k_pool, v_pool, &step.slots, k, v)?;
+    } else {
+        let flat = [-1, kvh, d];
+        // index_copy_ writes through the view into the pool; the returned handle is not needed.
+        let _ = k_pool.f_view(flat)?.f_index_copy_(0, &step.slots, k)?;
+        let _ = v_pool.f_view(flat)?.f_index_copy_(0, &step.slots, v)?;
+    }
     let gqa = h != kvh;
     let scale = 1.0 / (d as f64).sqrt();
     let mut outs = Vec::with_capacity(step.groups.len());
@@ -52,7 +57,10 @@ pub fn paged_attention(
                 let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(mask), 0.0, false, scale, gqa)?;
                 o.f_squeeze_dim(0)?.f_transpose(0, 1)?
             }
-            AttnGroup::Decode { row, n, tables, key_mask, max_ctx } => {
+            AttnGroup::Decode { row, n, tables, ctx_lens, .. } if fused_cpu::applies(q) => {
+                fused_cpu::decode_attention(&q.f_narrow(0, *row, *n)?, k_pool, v_pool, tables, ctx_lens, scale)?
+            }
+            AttnGroup::Decode { row, n, tables, key_mask, max_ctx, .. } => {
                 // One query per head, so the query heads sharing a K/V head
                 // stand in for query positions: q [n, kv_heads, heads / kv_heads, d]
                 // against k/v [n, kv_heads, max_ctx, d], without SDPA's GQA

@@ -40,7 +40,9 @@ pub(crate) enum AttnGroup {
     /// `n` sequences of one token each, starting at packed row `row`.
     /// `tables` is flat, [n * nb] with nb = max_ctx / block_size: entries i * nb .. (i + 1) * nb
     /// hold sequence i's blocks, padded with block 0 (the mask hides those keys).
-    Decode { row: i64, n: i64, tables: Tensor, key_mask: Tensor, max_ctx: i64 },
+    /// `ctx_lens` [n] holds each sequence's context length, on the CPU (the
+    /// fused CPU kernel's input; on other devices it is not read).
+    Decode { row: i64, n: i64, tables: Tensor, key_mask: Tensor, max_ctx: i64, ctx_lens: Tensor },
     /// One chunk with no cached prefix: plain causal attention on its own K/V.
     Prefill { row: i64, len: i64 },
     /// One chunk after `start` cached tokens: gathered K/V, offset causal mask.
@@ -147,7 +149,8 @@ fn decode_group(seqs: &[SeqInput], row: i64, block_size: i64, device: Device) ->
     // Flat [n * nb]: every layer gathers with it as is.
     let tables = to_dev(&tables, device)?;
     let key_mask = Tensor::f_from_slice(&mask)?.f_view([n, 1, 1, padded])?.f_to_device(device)?;
-    Ok(AttnGroup::Decode { row, n, tables, key_mask, max_ctx: padded })
+    let ctx_lens = Tensor::f_from_slice(&seqs.iter().map(|s| s.context_len()).collect::<Vec<_>>())?;
+    Ok(AttnGroup::Decode { row, n, tables, key_mask, max_ctx: padded, ctx_lens })
 }
 
 fn prefix_group(s: &SeqInput, row: i64, block_size: i64, device: Device) -> Result<AttnGroup, TchError> {

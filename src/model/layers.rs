@@ -9,6 +9,7 @@
 use tch::{Device, Kind, TchError, Tensor};
 
 use super::config::{ModelConfig, RopeScaling};
+use super::fused_cpu;
 use super::loader::{LoadError, WeightSource};
 use super::packed_linear::{self, PackedWeight};
 
@@ -155,6 +156,9 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let kind = x.kind();
+        if fused_cpu::applies(x) {
+            return Ok(fused_cpu::add_rms_norm(x, None, &self.weight, self.eps)?.1);
+        }
         if kind == Kind::Float {
             // One libtorch call instead of six; in f32 it gave the same bits as
             // the steps below (torch 2.11), and parity_tiny checks it.
@@ -165,6 +169,19 @@ impl RmsNorm {
         let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         // transformers multiplies the weight with the input-dtype tensor.
         self.weight.f_mul(&normed.f_to_kind(kind)?)
+    }
+
+    /// The residual add before a norm, fused with it where the CPU kernels
+    /// apply: returns `(x + delta, norm(x + delta))`.
+    pub fn forward_residual(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor), TchError> {
+        if fused_cpu::applies(x) {
+            if let (Some(sum), normed) = fused_cpu::add_rms_norm(x, Some(delta), &self.weight, self.eps)? {
+                return Ok((sum, normed));
+            }
+        }
+        let sum = x.f_add(delta)?;
+        let normed = self.forward(&sum)?;
+        Ok((sum, normed))
     }
 }
 
@@ -239,6 +256,17 @@ impl Rotary {
         let cos = self.cos.f_index_select(0, positions)?.f_to_kind(kind)?.f_unsqueeze(1)?;
         let sin = self.sin.f_index_select(0, positions)?.f_to_kind(kind)?.f_unsqueeze(1)?;
         Ok((cos, sin))
+    }
+
+    /// The first `heads` heads of qkv [T, all heads, head_dim], rotated:
+    /// in place where the fused CPU kernel applies (the returned tensor is
+    /// then a view of qkv), else as a new tensor.
+    pub fn rotate_heads(&self, qkv: &Tensor, heads: i64, cos: &Tensor, sin: &Tensor) -> Result<Tensor, TchError> {
+        if fused_cpu::applies(qkv) {
+            fused_cpu::rotary_(qkv, cos, sin, heads)?;
+            return qkv.f_narrow(1, 0, heads);
+        }
+        self.apply(&qkv.f_narrow(1, 0, heads)?, cos, sin)
     }
 
     /// Apply to x [T, heads, head_dim] (transformers' rotate_half layout).

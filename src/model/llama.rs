@@ -84,27 +84,40 @@ impl Llama {
     pub fn forward_hidden(&self, step: &StepTensors, cache: &mut KvCache) -> Result<Tensor, TchError> {
         let (cos, sin) = self.rotary.select(&step.positions, self.placement.kind)?;
         let mut x = self.embed.forward(&step.tokens)?;
+        // Each residual add is done by the norm after it (fused on CPU), so
+        // the last block's MLP output waits here for the next norm.
+        let mut pending: Option<Tensor> = None;
         for (i, b) in self.blocks.iter().enumerate() {
             let (k_pool, v_pool) = cache.layer(i);
-            let h = b.input_norm.forward(&x)?;
+            let h = match pending.take() {
+                None => b.input_norm.forward(&x)?,
+                Some(delta) => {
+                    let (sum, h) = b.input_norm.forward_residual(&x, &delta)?;
+                    x = sum;
+                    h
+                }
+            };
             let a = &b.attn;
             let (nh, nkv, hd) = (a.shape.num_heads, a.shape.num_kv_heads, a.shape.head_dim);
             let t = h.size()[0];
             // [T, q heads | k heads | v heads, D]; rotary turns q and k in one call.
             let qkv = a.qkv.forward(&h)?.f_view([t, nh + 2 * nkv, hd])?;
-            let qk = self.rotary.apply(&qkv.f_narrow(1, 0, nh + nkv)?, &cos, &sin)?;
+            let qk = self.rotary.rotate_heads(&qkv, nh + nkv, &cos, &sin)?;
             let q = qk.f_narrow(1, 0, nh)?;
             let k = qk.f_narrow(1, nh, nkv)?;
             let v = qkv.f_narrow(1, nh + nkv, nkv)?;
             let attn = paged_attention(&q, &k, &v, k_pool, v_pool, step, a.shape)?;
-            x = x.f_add(&a.o.forward(&attn)?)?;
-            let h = b.post_norm.forward(&x)?;
+            let (sum, h) = b.post_norm.forward_residual(&x, &a.o.forward(&attn)?)?;
+            x = sum;
             let m = &b.mlp;
             let gu = m.gate_up.forward(&h)?;
             let act = gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?;
-            x = x.f_add(&m.down.forward(&act)?)?;
+            pending = Some(m.down.forward(&act)?);
         }
-        self.norm.forward(&x)
+        match pending {
+            None => self.norm.forward(&x),
+            Some(delta) => Ok(self.norm.forward_residual(&x, &delta)?.1),
+        }
     }
 
     pub fn lm_head(&self) -> &Linear {

@@ -9,8 +9,10 @@ pub mod attention;
 pub mod batch;
 pub mod chat_template;
 pub mod config;
+pub mod fused_cpu;
 pub mod gpt2;
 pub mod hf_config;
+pub mod inference_mode;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
@@ -79,6 +81,8 @@ impl Model {
     /// logits on the model's device ([num_seqs, vocab] or [tokens, vocab]).
     pub fn forward(&self, seqs: &[SeqInput], cache: &mut KvCache, logits: LogitsFor) -> Result<Tensor, TchError> {
         let _guard = tch::no_grad_guard();
+        // The logits it returns are inference tensors: callers read them.
+        let _mode = inference_mode::InferenceMode::enter();
         if let Some(s) = seqs.iter().find(|s| s.context_len() > self.max_context) {
             return Err(TchError::Torch(format!("sequence of {} tokens exceeds the context limit {}", s.context_len(), self.max_context)));
         }

@@ -13,12 +13,12 @@
 //! against 11.4 ms with the [out, in] weight and 18.9 ms with [in, out].
 
 use std::ffi::c_void;
-#[cfg(inferd_packed_linear)]
+#[cfg(inferd_torch_shim)]
 use std::ffi::{c_char, c_int, CStr};
 
 use tch::{TchError, Tensor};
 
-#[cfg(inferd_packed_linear)]
+#[cfg(inferd_torch_shim)]
 extern "C" {
     fn inferd_packed_linear_available() -> c_int;
     fn inferd_pack_linear_weight(w: *const c_void, batch: i64) -> *mut c_void;
@@ -28,12 +28,12 @@ extern "C" {
 
 /// Whether this build and this libtorch can pack linear weights.
 pub fn available() -> bool {
-    #[cfg(inferd_packed_linear)]
+    #[cfg(inferd_torch_shim)]
     {
         // SAFETY: takes no arguments; only looks operators up in libtorch's registry.
         unsafe { inferd_packed_linear_available() == 1 }
     }
-    #[cfg(not(inferd_packed_linear))]
+    #[cfg(not(inferd_torch_shim))]
     {
         false
     }
@@ -58,23 +58,23 @@ pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> Result<Ten
     wrap(unsafe { ffi_linear(x, &w.0, bias) })
 }
 
-#[cfg(inferd_packed_linear)]
+#[cfg(inferd_torch_shim)]
 unsafe fn ffi_pack(w: &Tensor, rows: i64) -> *mut c_void {
     inferd_pack_linear_weight(w.as_ptr().cast(), rows)
 }
 
-#[cfg(inferd_packed_linear)]
+#[cfg(inferd_torch_shim)]
 unsafe fn ffi_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> *mut c_void {
     let b = bias.map_or(std::ptr::null(), |b| b.as_ptr().cast());
     inferd_packed_linear(x.as_ptr().cast(), w.as_ptr().cast(), b)
 }
 
-#[cfg(not(inferd_packed_linear))]
+#[cfg(not(inferd_torch_shim))]
 unsafe fn ffi_pack(_: &Tensor, _: i64) -> *mut c_void {
     std::ptr::null_mut()
 }
 
-#[cfg(not(inferd_packed_linear))]
+#[cfg(not(inferd_torch_shim))]
 unsafe fn ffi_linear(_: &Tensor, _: &Tensor, _: Option<&Tensor>) -> *mut c_void {
     std::ptr::null_mut()
 }
@@ -90,13 +90,13 @@ fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
 }
 
 fn last_error() -> String {
-    #[cfg(inferd_packed_linear)]
+    #[cfg(inferd_torch_shim)]
     {
         // SAFETY: the shim returns a pointer into a thread-local std::string that
         // lives until the next failing call on this thread; we copy it out now.
         unsafe { CStr::from_ptr(inferd_packed_linear_last_error()) }.to_string_lossy().into_owned()
     }
-    #[cfg(not(inferd_packed_linear))]
+    #[cfg(not(inferd_torch_shim))]
     {
         "this build has no packed-linear shim (LIBTORCH was not set at build time)".to_string()
     }

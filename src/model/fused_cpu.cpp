@@ -1,0 +1,361 @@
+// Fused CPU kernels for the element-wise steps of a LLaMA layer.
+//
+// In a one-stream decode step each of these steps touches a few hundred
+// values, so libtorch's per-op cost (dispatch, TensorIterator set-up, an
+// output allocation) is most of their time: a bf16 RMSNorm is eight ops, a
+// residual add one more, rotary five. These loops do each step in one pass
+// and reproduce libtorch's rounding: every bf16/f16 result of an eager op is
+// rounded where the op would round it. Only the order of the f32 sum of
+// squares differs from libtorch's, which can move a norm's result by an ulp.
+//
+// Each row is computed on its own, so a row's result does not depend on the
+// rows beside it (batched greedy decoding relies on that). The element-wise
+// loops are single-threaded: at decode batch sizes they take microseconds,
+// and they stay small next to the matmuls of a prefill chunk. Decode
+// attention reads K/V straight from the paged pools (no gathered copy) and
+// splits its sequences over libtorch's OpenMP threads.
+//
+// Tensors cross the boundary as `at::Tensor*` (tch's handles); returned
+// pointers are owned by the caller. Errors come back as null / nonzero plus a
+// thread-local message.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#include <cstring>
+#include <exception>
+#include <string>
+
+namespace {
+
+thread_local std::string last_error;
+
+template <typename F>
+int guarded(F&& f) {
+    try {
+        f();
+        return 0;
+    } catch (const c10::Error& e) {
+        last_error = e.what_without_backtrace();
+    } catch (const std::exception& e) {
+        last_error = e.what();
+    } catch (...) {
+        last_error = "unknown C++ exception";
+    }
+    return 1;
+}
+
+// Round a float to T the way a libtorch kernel stores its result.
+template <typename T>
+inline float rounded(float v) {
+    return static_cast<float>(static_cast<T>(v));
+}
+
+void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType kind) {
+    TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
+    TORCH_CHECK(t.scalar_type() == kind, what, " is ", t.scalar_type(), ", expected ", kind);
+}
+
+// x [T, H] (+ delta [T, H]) -> (sum, weight * norm(sum)), as
+// transformers' LlamaRMSNorm computes it for a bf16/f16 input.
+template <typename T>
+void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, T* out, int64_t rows, int64_t h, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* xr = x + r * h;
+        T* sr = sum ? sum + r * h : nullptr;
+        T* orow = out + r * h;
+        // Eight partial sums: independent chains the compiler can overlap.
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = 0; i < h; ++i) {
+            float v = static_cast<float>(xr[i]);
+            if (delta) {
+                // bf16 + bf16 is computed in f32 and stored in bf16.
+                v = rounded<T>(v + static_cast<float>(delta[r * h + i]));
+                sr[i] = static_cast<T>(v);
+            }
+            acc[i & 7] += v * v;
+        }
+        float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        // mean, + eps, rsqrt: each an f32 op in the eager path.
+        float var = ss / static_cast<float>(h);
+        float inv = 1.0f / std::sqrt(var + eps);
+        const T* src = delta ? sr : xr;
+        for (int64_t i = 0; i < h; ++i) {
+            float normed = rounded<T>(static_cast<float>(src[i]) * inv);
+            orow[i] = static_cast<T>(static_cast<float>(w[i]) * normed);
+        }
+    }
+}
+
+// In place on the first `heads` heads of x [T, all heads, D] (rows may be
+// strided), with cos and sin [T, D] in x's dtype: transformers'
+// `x * cos + rotate_half(x) * sin`, each product and the sum rounded to T.
+template <typename T>
+void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, int64_t rows, int64_t heads, int64_t d) {
+    const int64_t half = d / 2;
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* c = cos + r * d;
+        const T* s = sin + r * d;
+        for (int64_t hd = 0; hd < heads; ++hd) {
+            T* v = x + r * row_stride + hd * d;
+            for (int64_t i = 0; i < half; ++i) {
+                float x1 = static_cast<float>(v[i]);
+                float x2 = static_cast<float>(v[i + half]);
+                float lo = rounded<T>(x1 * static_cast<float>(c[i])) + rounded<T>(-x2 * static_cast<float>(s[i]));
+                float hi = rounded<T>(x2 * static_cast<float>(c[i + half])) + rounded<T>(x1 * static_cast<float>(s[i + half]));
+                v[i] = static_cast<T>(lo);
+                v[i + half] = static_cast<T>(hi);
+            }
+        }
+    }
+}
+
+// Dot products and updates over one head's vector. Compiled for AVX-512,
+// AVX2 and plain x86-64, chosen at load time; sixteen partial sums let the
+// compiler use full vector registers without reassociating (no fast-math).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFERD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define INFERD_CLONES
+#endif
+
+#define INFERD_INLINE inline __attribute__((always_inline))
+
+// Inlined into the clones of `attend`, so they get each clone's vector ISA.
+INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
+    float part[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        for (int l = 0; l < 16; ++l) part[l] += q[i + l] * k[i + l];
+    }
+    for (; i < d; ++i) part[i & 15] += q[i] * k[i];
+    float s = 0;
+    for (int l = 0; l < 16; ++l) s += part[l];
+    return s;
+}
+
+template <typename T>
+INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// One sequence's decode query heads against its first `ctx` cached
+// positions. q: [heads, D]; out: [heads, D]. Each position's K (then V)
+// record, all kv heads, is read once and in order, so the walk over the
+// pool's blocks streams. Mirrors libtorch's CPU flash attention for one
+// query: f32 scores, softmax with f32 sums, probabilities rounded to T
+// before they weight V, f32 accumulation, one division at the end.
+template <typename T>
+INFERD_CLONES void attend(const T* q, int64_t heads, int64_t kvh, int64_t d, const T* k_pool, const T* v_pool,
+                          const int64_t* table, int64_t block_size, int64_t ctx, float scale, T* out, std::vector<float>& buf) {
+    const int64_t group = heads / kvh, rec = kvh * d;
+    buf.assign(static_cast<size_t>(heads * (d + ctx + d) + rec), 0.0f);
+    float* qf = buf.data();                  // [heads, d]
+    float* scores = qf + heads * d;          // [heads, ctx]
+    float* acc = scores + heads * ctx;       // [heads, d]
+    float* row = acc + heads * d;            // [kvh, d]: one position's K or V in f32
+    widen(q, qf, heads * d);
+    auto record = [&](const T* pool, int64_t p) { return pool + (table[p / block_size] * block_size + p % block_size) * rec; };
+    for (int64_t p = 0; p < ctx; ++p) {
+        if (p + 8 < ctx) __builtin_prefetch(record(k_pool, p + 8));
+        widen(record(k_pool, p), row, rec);
+        for (int64_t h = 0; h < heads; ++h) scores[h * ctx + p] = dot(qf + h * d, row + (h / group) * d, d) * scale;
+    }
+    std::vector<float> sums(static_cast<size_t>(heads));
+    for (int64_t h = 0; h < heads; ++h) {
+        float* sc = scores + h * ctx;
+        const float m = *std::max_element(sc, sc + ctx);
+        float sum = 0;
+        for (int64_t p = 0; p < ctx; ++p) {
+            const float e = std::exp(sc[p] - m);
+            sum += e;
+            sc[p] = rounded<T>(e);
+        }
+        sums[h] = sum;
+    }
+    for (int64_t p = 0; p < ctx; ++p) {
+        if (p + 8 < ctx) __builtin_prefetch(record(v_pool, p + 8));
+        widen(record(v_pool, p), row, rec);
+        for (int64_t h = 0; h < heads; ++h) {
+            const float w = scores[h * ctx + p];
+            const float* v = row + (h / group) * d;
+            float* a = acc + h * d;
+            for (int64_t i = 0; i < d; ++i) a[i] += w * v[i];
+        }
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t i = 0; i < d; ++i) out[h * d + i] = static_cast<T>(acc[h * d + i] / sums[h]);
+    }
+}
+
+template <typename F>
+void by_kind(at::ScalarType kind, F&& f) {
+    switch (kind) {
+        case at::kBFloat16: f(c10::BFloat16{}); break;
+        case at::kHalf: f(c10::Half{}); break;
+        case at::kFloat: f(float{}); break;
+        default: TORCH_CHECK(false, "fused CPU kernels take bf16, f16 or f32, not ", kind);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+// x [T, H], delta [T, H] or null, w [H], all contiguous, one dtype.
+// Writes a new norm tensor to *out and, when delta is given, the new
+// residual x + delta to *sum.
+int inferd_fused_add_rms_norm(const at::Tensor* x, const at::Tensor* delta, const at::Tensor* w, double eps,
+                              at::Tensor** sum, at::Tensor** out) {
+    return guarded([&] {
+        const auto kind = x->scalar_type();
+        check_cpu_kind(*x, "rms norm input", kind);
+        check_cpu_kind(*w, "rms norm weight", kind);
+        TORCH_CHECK(x->dim() == 2 && x->is_contiguous(), "rms norm input must be a contiguous [T, H]");
+        const int64_t rows = x->size(0), h = x->size(1);
+        TORCH_CHECK(w->dim() == 1 && w->size(0) == h && w->is_contiguous(), "rms norm weight must be [", h, "]");
+        if (delta) {
+            check_cpu_kind(*delta, "residual delta", kind);
+            TORCH_CHECK(delta->sizes() == x->sizes() && delta->is_contiguous(), "residual delta must be a contiguous ",
+                        x->sizes(), ", not ", delta->sizes());
+        }
+        at::Tensor s = delta ? at::empty_like(*x) : at::Tensor();
+        at::Tensor o = at::empty_like(*x);
+        by_kind(kind, [&](auto tag) {
+            using T = decltype(tag);
+            add_rms_norm<T>(x->data_ptr<T>(), delta ? delta->data_ptr<T>() : nullptr, w->data_ptr<T>(),
+                            delta ? s.data_ptr<T>() : nullptr, o.data_ptr<T>(), rows, h, static_cast<float>(eps));
+        });
+        *out = new at::Tensor(std::move(o));
+        *sum = delta ? new at::Tensor(std::move(s)) : nullptr;
+    });
+}
+
+// x [T, heads_total, D] with contiguous rows (a view of a fused qkv output),
+// cos and sin [T, 1, D] or [T, D] contiguous, same dtype. Rotates the first
+// `heads` heads in place.
+int inferd_fused_rotary_(const at::Tensor* x, const at::Tensor* cos, const at::Tensor* sin, int64_t heads) {
+    return guarded([&] {
+        const auto kind = x->scalar_type();
+        check_cpu_kind(*x, "rotary input", kind);
+        check_cpu_kind(*cos, "rotary cos", kind);
+        check_cpu_kind(*sin, "rotary sin", kind);
+        TORCH_CHECK(x->dim() == 3 && x->stride(2) == 1 && x->stride(1) == x->size(2),
+                    "rotary input must be [T, heads, D] with contiguous rows");
+        const int64_t rows = x->size(0), d = x->size(2);
+        TORCH_CHECK(heads >= 0 && heads <= x->size(1), "rotary heads ", heads, " out of range");
+        TORCH_CHECK(d % 2 == 0, "rotary head dim must be even, not ", d);
+        for (const at::Tensor* t : {cos, sin}) {
+            TORCH_CHECK(t->is_contiguous() && t->numel() == rows * d, "rotary cos/sin must hold [", rows, ", ", d, "]");
+        }
+        by_kind(kind, [&](auto tag) {
+            using T = decltype(tag);
+            rotary<T>(x->data_ptr<T>(), x->stride(0), cos->data_ptr<T>(), sin->data_ptr<T>(), rows, heads, d);
+        });
+    });
+}
+
+// Copy row t of k and v ([T, kvh, D], contiguous rows) into row slots[t] of
+// the pools ([blocks, block size, kvh, D], contiguous). The slots are
+// bounds-checked.
+int inferd_fused_write_kv(const at::Tensor* k_pool, const at::Tensor* v_pool, const at::Tensor* slots,
+                          const at::Tensor* k, const at::Tensor* v) {
+    return guarded([&] {
+        TORCH_CHECK(slots->device().is_cpu() && slots->scalar_type() == at::kLong && slots->dim() == 1 && slots->is_contiguous(),
+                    "slots must be a contiguous CPU int64 [T]");
+        const int64_t rows = slots->size(0);
+        const auto kind = k_pool->scalar_type();
+        const int64_t row_elems = k_pool->dim() == 4 ? k_pool->size(2) * k_pool->size(3) : -1;
+        const int64_t pool_rows = k_pool->dim() == 4 ? k_pool->size(0) * k_pool->size(1) : 0;
+        for (const at::Tensor* pool : {k_pool, v_pool}) {
+            check_cpu_kind(*pool, "KV pool", kind);
+            TORCH_CHECK(pool->dim() == 4 && pool->is_contiguous() && pool->sizes() == k_pool->sizes(),
+                        "KV pools must be contiguous [blocks, block size, kv heads, head dim]");
+        }
+        for (const at::Tensor* t : {k, v}) {
+            check_cpu_kind(*t, "new K/V", kind);
+            TORCH_CHECK(t->dim() == 3 && t->size(0) == rows && t->size(1) * t->size(2) == row_elems &&
+                            t->stride(2) == 1 && t->stride(1) == t->size(2),
+                        "new K/V must be [", rows, ", kv heads, head dim] with contiguous rows");
+        }
+        const int64_t* s = slots->data_ptr<int64_t>();
+        for (int64_t r = 0; r < rows; ++r) {
+            TORCH_CHECK(s[r] >= 0 && s[r] < pool_rows, "KV slot ", s[r], " outside the pool's ", pool_rows, " rows");
+        }
+        const size_t bytes = static_cast<size_t>(row_elems) * k_pool->element_size();
+        auto* kp = static_cast<char*>(k_pool->data_ptr());
+        auto* vp = static_cast<char*>(v_pool->data_ptr());
+        const auto* kr = static_cast<const char*>(k->data_ptr());
+        const auto* vr = static_cast<const char*>(v->data_ptr());
+        const int64_t ks = k->stride(0) * k->element_size(), vs = v->stride(0) * v->element_size();
+        for (int64_t r = 0; r < rows; ++r) {
+            std::memcpy(kp + s[r] * bytes, kr + r * ks, bytes);
+            std::memcpy(vp + s[r] * bytes, vr + r * vs, bytes);
+        }
+    });
+}
+
+// Decode attention over the paged pools. q: [n, heads, D] with contiguous
+// rows (a view of the fused qkv output); pools [blocks, block size, kvh, D]
+// contiguous; tables: int64 [n * nb], sequence i's blocks at i * nb;
+// ctx_lens: int64 [n], each in 1 ..= nb * block size. Returns [n, heads, D].
+at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor* k_pool, const at::Tensor* v_pool,
+                                          const at::Tensor* tables, const at::Tensor* ctx_lens, double scale) {
+    at::Tensor* result = nullptr;
+    const int status = guarded([&] {
+        const auto kind = q->scalar_type();
+        check_cpu_kind(*q, "decode query", kind);
+        check_cpu_kind(*k_pool, "K pool", kind);
+        check_cpu_kind(*v_pool, "V pool", kind);
+        TORCH_CHECK(q->dim() == 3 && q->stride(2) == 1 && q->stride(1) == q->size(2), "decode query must be [n, heads, D] with contiguous rows");
+        TORCH_CHECK(k_pool->dim() == 4 && k_pool->is_contiguous() && v_pool->sizes() == k_pool->sizes() && v_pool->is_contiguous(),
+                    "KV pools must be contiguous [blocks, block size, kv heads, head dim]");
+        const int64_t n = q->size(0), heads = q->size(1), d = q->size(2);
+        const int64_t blocks = k_pool->size(0), block_size = k_pool->size(1), kvh = k_pool->size(2);
+        TORCH_CHECK(k_pool->size(3) == d, "KV pool head dim ", k_pool->size(3), " != query head dim ", d);
+        TORCH_CHECK(kvh > 0 && heads % kvh == 0, heads, " query heads do not split over ", kvh, " kv heads");
+        for (const at::Tensor* t : {tables, ctx_lens}) {
+            TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 && t->is_contiguous(),
+                        "block tables and context lengths must be contiguous CPU int64");
+        }
+        TORCH_CHECK(ctx_lens->size(0) == n && n > 0 && tables->size(0) % n == 0, "block tables and context lengths must cover ", n, " sequences");
+        const int64_t nb = tables->size(0) / n;
+        const int64_t* tab = tables->data_ptr<int64_t>();
+        const int64_t* lens = ctx_lens->data_ptr<int64_t>();
+        for (int64_t i = 0; i < n; ++i) {
+            TORCH_CHECK(lens[i] >= 1 && lens[i] <= nb * block_size, "context length ", lens[i], " outside 1..=", nb * block_size);
+            for (int64_t b = 0; b < nb; ++b) {
+                TORCH_CHECK(tab[i * nb + b] >= 0 && tab[i * nb + b] < blocks, "block ", tab[i * nb + b], " outside the pool's ", blocks);
+            }
+        }
+        at::Tensor out = at::empty({n, heads, d}, q->options().memory_format(at::MemoryFormat::Contiguous));
+        const float sc = static_cast<float>(scale);
+        by_kind(kind, [&](auto tag) {
+            using T = decltype(tag);
+            const T* qp = q->data_ptr<T>();
+            const T* kp = k_pool->data_ptr<T>();
+            const T* vp = v_pool->data_ptr<T>();
+            T* op = out.data_ptr<T>();
+            const int64_t qs = q->stride(0);
+            // One item per sequence; each writes its own rows.
+            at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+                std::vector<float> buf;
+                for (int64_t i = begin; i < end; ++i) {
+                    attend<T>(qp + i * qs, heads, kvh, d, kp, vp, tab + i * nb, block_size, lens[i], sc, op + i * heads * d, buf);
+                }
+            });
+        });
+        result = new at::Tensor(std::move(out));
+    });
+    return status == 0 ? result : nullptr;
+}
+
+// The message of the last failed call on this thread.
+const char* inferd_fused_cpu_last_error() {
+    return last_error.c_str();
+}
+
+}  // extern "C"

@@ -1,0 +1,269 @@
+//! Fused CPU kernels for a layer's small steps: residual add plus RMSNorm,
+//! rotary in place, the K/V write into the paged pools, and decode
+//! attention read straight from the pools.
+//!
+//! In a decode step these steps touch a few hundred values per row, so
+//! libtorch's cost per op (dispatch, iterator set-up, an output allocation)
+//! is most of their time: a bf16 RMSNorm alone is eight ops. `fused_cpu.cpp`
+//! (compiled by build.rs) does each step in one loop, rounding where the
+//! eager ops round, so results match the eager path bit for bit except where
+//! the order of a norm's f32 sum of squares moves the result by an ulp.
+//! The layers use it on CPU for bf16 and f16; f32 (whose parity with
+//! transformers is checked to 1e-5) and CUDA keep libtorch's ops.
+
+use std::ffi::c_void;
+#[cfg(inferd_torch_shim)]
+use std::ffi::CStr;
+
+use tch::{Device, Kind, TchError, Tensor};
+
+/// Whether `x` (an activation) takes the fused path: on CPU, in bf16 or f16,
+/// with the shim built.
+pub fn applies(x: &Tensor) -> bool {
+    cfg!(inferd_torch_shim) && x.device() == Device::Cpu && matches!(x.kind(), Kind::BFloat16 | Kind::Half)
+}
+
+/// `(x + delta, weight * rms_norm(x + delta))` for x, delta [T, H]; without
+/// a delta, `(None, weight * rms_norm(x))`. All one dtype, contiguous.
+pub fn add_rms_norm(x: &Tensor, delta: Option<&Tensor>, weight: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor), TchError> {
+    let mut sum: *mut c_void = std::ptr::null_mut();
+    let mut out: *mut c_void = std::ptr::null_mut();
+    let d = delta.map_or(std::ptr::null(), |d| d.as_ptr().cast());
+    // SAFETY: every pointer is a live tensor handle (or null for "no delta")
+    // for the whole call; on success the shim stores fresh owned handles.
+    check(unsafe { ffi::add_rms_norm(x.as_ptr().cast(), d, weight.as_ptr().cast(), eps, &mut sum, &mut out) })?;
+    // SAFETY: after a successful call `out` is a fresh `new at::Tensor`, and
+    // `sum` is one too when a delta was given (null otherwise).
+    let out = unsafe { Tensor::from_ptr(out.cast()) };
+    let sum = (!sum.is_null()).then(|| unsafe { Tensor::from_ptr(sum.cast()) });
+    Ok((sum, out))
+}
+
+/// Rotate, in place, the first `heads` heads of x [T, all heads, D] (rows
+/// contiguous, e.g. a fused qkv output) with cos, sin [T, 1, D] in x's dtype.
+pub fn rotary_(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: i64) -> Result<(), TchError> {
+    // SAFETY: live handles for the whole call; the shim checks shapes and
+    // strides before it writes through x's storage.
+    check(unsafe { ffi::rotary_(x.as_ptr().cast(), cos.as_ptr().cast(), sin.as_ptr().cast(), heads) })
+}
+
+/// Copy row t of k and v ([T, kv heads, D], rows contiguous) into row
+/// `slots[t]` of the pools ([blocks, block size, kv heads, D]).
+pub fn write_kv(k_pool: &Tensor, v_pool: &Tensor, slots: &Tensor, k: &Tensor, v: &Tensor) -> Result<(), TchError> {
+    // SAFETY: live handles for the whole call; the shim checks kinds, shapes
+    // and every slot against the pool before it writes.
+    check(unsafe { ffi::write_kv(k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), slots.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast()) })
+}
+
+/// Decode attention straight from the paged pools: q [n, heads, D] (rows
+/// contiguous), pools [blocks, block size, kv heads, D], `tables` int64
+/// [n * nb] (sequence i's blocks at i * nb), `ctx_lens` int64 [n]. Returns
+/// [n, heads, D]. Mirrors libtorch's CPU flash attention for one query
+/// (probabilities rounded to the dtype before they weight V), without
+/// gathering K/V into a padded copy first.
+pub fn decode_attention(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, tables: &Tensor, ctx_lens: &Tensor, scale: f64) -> Result<Tensor, TchError> {
+    // SAFETY: live handles for the whole call; the shim checks kinds, shapes,
+    // every block id and every length before it reads the pools.
+    let ptr = unsafe { ffi::decode_attention(q.as_ptr().cast(), k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), tables.as_ptr().cast(), ctx_lens.as_ptr().cast(), scale) };
+    if ptr.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: a non-null return is a fresh `new at::Tensor`, now owned here.
+    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
+}
+
+#[cfg(inferd_torch_shim)]
+mod ffi {
+    use std::ffi::{c_char, c_int, c_void};
+    extern "C" {
+        #[link_name = "inferd_fused_add_rms_norm"]
+        pub fn add_rms_norm(x: *const c_void, delta: *const c_void, w: *const c_void, eps: f64, sum: *mut *mut c_void, out: *mut *mut c_void) -> c_int;
+        #[link_name = "inferd_fused_rotary_"]
+        pub fn rotary_(x: *const c_void, cos: *const c_void, sin: *const c_void, heads: i64) -> c_int;
+        #[link_name = "inferd_fused_write_kv"]
+        pub fn write_kv(k_pool: *const c_void, v_pool: *const c_void, slots: *const c_void, k: *const c_void, v: *const c_void) -> c_int;
+        #[link_name = "inferd_fused_decode_attention"]
+        pub fn decode_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, tables: *const c_void, ctx_lens: *const c_void, scale: f64) -> *mut c_void;
+        #[link_name = "inferd_fused_cpu_last_error"]
+        pub fn last_error() -> *const c_char;
+    }
+}
+
+/// Without the shim, `applies` is false and these are never reached.
+#[cfg(not(inferd_torch_shim))]
+mod ffi {
+    use std::ffi::{c_int, c_void};
+    pub unsafe fn add_rms_norm(_: *const c_void, _: *const c_void, _: *const c_void, _: f64, _: *mut *mut c_void, _: *mut *mut c_void) -> c_int {
+        1
+    }
+    pub unsafe fn rotary_(_: *const c_void, _: *const c_void, _: *const c_void, _: i64) -> c_int {
+        1
+    }
+    pub unsafe fn write_kv(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void) -> c_int {
+        1
+    }
+    pub unsafe fn decode_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: f64) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+}
+
+fn check(status: i32) -> Result<(), TchError> {
+    match status {
+        0 => Ok(()),
+        _ => Err(last_error()),
+    }
+}
+
+/// The shim's message for the last failed call on this thread.
+fn last_error() -> TchError {
+    #[cfg(inferd_torch_shim)]
+    // SAFETY: a pointer into the shim's thread-local message, valid until the
+    // next failing call on this thread; copied out at once.
+    let msg = unsafe { CStr::from_ptr(ffi::last_error()) }.to_string_lossy().into_owned();
+    #[cfg(not(inferd_torch_shim))]
+    let msg = "this build has no C++ shim (LIBTORCH was not set at build time)".to_string();
+    TchError::Torch(format!("fused CPU kernel: {msg}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::*;
+
+    fn rand(shape: &[i64], kind: Kind) -> Tensor {
+        Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind)
+    }
+
+    /// The eager ops the fused loops stand for (as in layers.rs).
+    fn eager_norm(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.square().mean_dim(-1, true, Kind::Float);
+        w * (xf * (var + eps).rsqrt()).to_kind(x.kind())
+    }
+
+    fn eager_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let half = x.size()[2] / 2;
+        let rotated = Tensor::cat(&[&x.narrow(-1, half, half).neg(), &x.narrow(-1, 0, half)], -1);
+        x * cos + rotated * sin
+    }
+
+    /// Elements of two same-kind tensors that differ, and the largest
+    /// difference in units of the larger magnitude.
+    fn ulp_diffs(a: &Tensor, b: &Tensor) -> (i64, f64) {
+        let diff = (a.to_kind(Kind::Float) - b.to_kind(Kind::Float)).abs();
+        let n = diff.gt(0.0).sum(Kind::Int64).int64_value(&[]);
+        let rel = (&diff / (a.to_kind(Kind::Float).abs() + 1e-3)).max().double_value(&[]);
+        (n, rel)
+    }
+
+    #[test]
+    fn this_build_has_the_shim() {
+        assert!(applies(&Tensor::zeros([1], (Kind::BFloat16, Device::Cpu))), "fused CPU shim missing (LIBTORCH unset at build time?)");
+        assert!(!applies(&Tensor::zeros([1], (Kind::Float, Device::Cpu))), "f32 keeps libtorch's ops");
+    }
+
+    #[test]
+    fn add_rms_norm_matches_the_eager_ops() {
+        tch::manual_seed(3);
+        for kind in [Kind::BFloat16, Kind::Half] {
+            let (x, d, w) = (rand(&[33, 576], kind), rand(&[33, 576], kind), rand(&[576], kind));
+            let (sum, out) = add_rms_norm(&x, Some(&d), &w, 1e-5).unwrap();
+            let sum = sum.expect("a delta gives a sum");
+            let want_sum = &x + &d;
+            assert!(sum.equal(&want_sum), "{kind:?}: residual sum differs from bf16 add");
+            let want = eager_norm(&want_sum, &w, 1e-5);
+            // Only the sum of squares is ordered differently: at most a
+            // handful of one-ulp differences.
+            let (n, rel) = ulp_diffs(&out, &want);
+            assert!(n * 100 <= want.numel() as i64 && rel < 0.01, "{kind:?}: {n} differ, largest relative {rel}");
+            let (none, alone) = add_rms_norm(&x, None, &w, 1e-5).unwrap();
+            assert!(none.is_none());
+            let (n, rel) = ulp_diffs(&alone, &eager_norm(&x, &w, 1e-5));
+            assert!(n * 100 <= x.numel() as i64 && rel < 0.01, "{kind:?} without delta: {n} differ, largest relative {rel}");
+            // A row does not depend on the rows beside it.
+            let (_, one) = add_rms_norm(&x.narrow(0, 5, 1).contiguous(), Some(&d.narrow(0, 5, 1).contiguous()), &w, 1e-5).unwrap();
+            assert!(one.equal(&out.narrow(0, 5, 1)), "{kind:?}: a row alone differs from the same row in a batch");
+        }
+    }
+
+    #[test]
+    fn rotary_in_place_matches_the_eager_ops_bit_for_bit() {
+        tch::manual_seed(4);
+        let (t, heads, kv, d) = (7, 9, 3, 64);
+        for kind in [Kind::BFloat16, Kind::Half] {
+            let qkv = rand(&[t, heads + 2 * kv, d], kind);
+            let (cos, sin) = (rand(&[t, 1, d], kind), rand(&[t, 1, d], kind));
+            let want = eager_rotary(&qkv.narrow(1, 0, heads + kv), &cos, &sin);
+            let untouched = qkv.narrow(1, heads + kv, kv).copy();
+            rotary_(&qkv, &cos, &sin, heads + kv).unwrap();
+            assert!(qkv.narrow(1, 0, heads + kv).equal(&want), "{kind:?}: rotated heads differ");
+            assert!(qkv.narrow(1, heads + kv, kv).equal(&untouched), "{kind:?}: v heads were touched");
+        }
+    }
+
+    #[test]
+    fn write_kv_matches_index_copy_and_checks_slots() {
+        let kind = Kind::BFloat16;
+        let (t, heads, kv, d) = (5, 9, 3, 64);
+        let qkv = rand(&[t, heads + 2 * kv, d], kind);
+        let (k, v) = (qkv.narrow(1, heads, kv), qkv.narrow(1, heads + kv, kv));
+        let slots = Tensor::from_slice(&[3i64, 17, 0, 63, 40]);
+        let (kp, vp) = (Tensor::zeros([4, 16, kv, d], (kind, Device::Cpu)), Tensor::zeros([4, 16, kv, d], (kind, Device::Cpu)));
+        write_kv(&kp, &vp, &slots, &k, &v).unwrap();
+        let want_k = Tensor::zeros([64, kv, d], (kind, Device::Cpu)).index_copy(0, &slots, &k);
+        let want_v = Tensor::zeros([64, kv, d], (kind, Device::Cpu)).index_copy(0, &slots, &v);
+        assert!(kp.view([64, kv, d]).equal(&want_k) && vp.view([64, kv, d]).equal(&want_v));
+        let err = write_kv(&kp, &vp, &Tensor::from_slice(&[0i64, 1, 2, 3, 64]), &k, &v).unwrap_err();
+        assert!(err.to_string().contains("KV slot 64 outside the pool's 64 rows"), "{err}");
+    }
+
+    #[test]
+    fn decode_attention_matches_sdpa_over_gathered_keys() {
+        tch::manual_seed(5);
+        let (heads, kv, d, bs, blocks) = (9, 3, 64, 16, 40);
+        let kind = Kind::BFloat16;
+        let k_pool = rand(&[blocks, bs, kv, d], kind);
+        let v_pool = rand(&[blocks, bs, kv, d], kind);
+        // Three sequences of different lengths over scattered blocks (one of
+        // more than 512 positions, past the flash kernel's first key block).
+        let lens = [1i64, 37, 600];
+        let nb = 38;
+        let mut tables = vec![0i64; lens.len() * nb as usize];
+        for (i, len) in lens.iter().enumerate() {
+            for b in 0..(len + bs - 1) / bs {
+                tables[i * nb as usize + b as usize] = (b * 7 + i as i64 * 3) % blocks;
+            }
+        }
+        let n = lens.len() as i64;
+        let qkv = rand(&[n, heads + 2 * kv, d], kind);
+        let q = qkv.narrow(1, 0, heads);
+        let scale = 1.0 / (d as f64).sqrt();
+        let (tab, ctx) = (Tensor::from_slice(&tables), Tensor::from_slice(&lens));
+        let got = decode_attention(&q, &k_pool, &v_pool, &tab, &ctx, scale).unwrap();
+        assert_eq!(got.size(), [n, heads, d]);
+        for (i, &len) in lens.iter().enumerate() {
+            let rows = tab.narrow(0, i as i64 * nb, nb);
+            let keys = |pool: &Tensor| pool.index_select(0, &rows).view([-1, kv, d]).narrow(0, 0, len).transpose(0, 1).unsqueeze(0);
+            let qi = q.narrow(0, i as i64, 1).reshape([1, kv, heads / kv, d]);
+            let want = Tensor::scaled_dot_product_attention(&qi, &keys(&k_pool), &keys(&v_pool), None::<Tensor>, 0.0, false, scale, false).reshape([heads, d]);
+            let diff = (got.get(i as i64).to_kind(Kind::Float) - want.to_kind(Kind::Float)).abs().max().double_value(&[]);
+            assert!(diff <= 0.02, "sequence {i} (ctx {len}): max difference {diff} from SDPA");
+            // A sequence alone gives the same bits as in the batch.
+            let alone = decode_attention(&q.narrow(0, i as i64, 1), &k_pool, &v_pool, &rows, &ctx.narrow(0, i as i64, 1), scale).unwrap();
+            assert!(alone.equal(&got.narrow(0, i as i64, 1)), "sequence {i} alone differs from the batch");
+        }
+        let bad = Tensor::from_slice(&[1i64, 37, 609]);
+        let err = decode_attention(&q, &k_pool, &v_pool, &tab, &bad, scale).unwrap_err();
+        assert!(err.to_string().contains("context length 609 outside 1..=608"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_input_is_an_error_not_an_abort() {
+        let x = rand(&[2, 8], Kind::BFloat16);
+        let err = add_rms_norm(&x, None, &rand(&[7], Kind::BFloat16), 1e-5).unwrap_err();
+        assert!(err.to_string().contains("rms norm weight must be [8]"), "{err}");
+        let err = add_rms_norm(&x, None, &rand(&[8], Kind::Float), 1e-5).unwrap_err();
+        assert!(err.to_string().contains("rms norm weight is Float"), "{err}");
+    }
+}
