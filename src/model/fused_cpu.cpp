@@ -9,11 +9,11 @@
 // squares differs from libtorch's, which can move a norm's result by an ulp.
 //
 // Each row is computed on its own, so a row's result does not depend on the
-// rows beside it (batched greedy decoding relies on that). The element-wise
-// loops are single-threaded: at decode batch sizes they take microseconds,
-// and they stay small next to the matmuls of a prefill chunk. Decode
-// attention reads K/V straight from the paged pools (no gathered copy) and
-// splits its sequences over libtorch's OpenMP threads.
+// rows beside it (batched greedy decoding relies on that), whichever thread
+// computes it. Rows are split over libtorch's OpenMP threads when a step has
+// enough of them (a prefill chunk); a decode step's few rows run inline.
+// Decode attention reads K/V straight from the paged pools (no gathered
+// copy) and splits its sequences over the threads.
 //
 // Tensors cross the boundary as `at::Tensor*` (tch's handles); returned
 // pointers are owned by the caller. Errors come back as null / nonzero plus a
@@ -59,33 +59,56 @@ void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType kind) 
     TORCH_CHECK(t.scalar_type() == kind, what, " is ", t.scalar_type(), ", expected ", kind);
 }
 
+// The loops are compiled for AVX-512, AVX2 and plain x86-64, chosen at load
+// time (no fast-math: the compiler may not reassociate, so sums that should
+// vectorize keep explicit partial sums).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFERD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define INFERD_CLONES
+#endif
+
+#define INFERD_INLINE inline __attribute__((always_inline))
+
+// Rows a parallel chunk takes at least: below it a step runs inline.
+constexpr int64_t kParallelElems = 16384;
+
+inline int64_t row_grain(int64_t row_elems) {
+    return std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, row_elems));
+}
+
 // x [T, H] (+ delta [T, H]) -> (sum, weight * norm(sum)), as
 // transformers' LlamaRMSNorm computes it for a bf16/f16 input.
 template <typename T>
-void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, T* out, int64_t rows, int64_t h, float eps) {
-    for (int64_t r = 0; r < rows; ++r) {
+INFERD_CLONES void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, T* out, int64_t begin, int64_t end, int64_t h, float eps) {
+    std::vector<float> v(static_cast<size_t>(h));
+    for (int64_t r = begin; r < end; ++r) {
         const T* xr = x + r * h;
-        T* sr = sum ? sum + r * h : nullptr;
-        T* orow = out + r * h;
-        // Eight partial sums: independent chains the compiler can overlap.
-        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t i = 0; i < h; ++i) {
-            float v = static_cast<float>(xr[i]);
-            if (delta) {
-                // bf16 + bf16 is computed in f32 and stored in bf16.
-                v = rounded<T>(v + static_cast<float>(delta[r * h + i]));
-                sr[i] = static_cast<T>(v);
+        if (delta) {
+            // bf16 + bf16 is computed in f32 and stored in bf16.
+            const T* dr = delta + r * h;
+            T* sr = sum + r * h;
+            for (int64_t i = 0; i < h; ++i) {
+                sr[i] = static_cast<T>(static_cast<float>(xr[i]) + static_cast<float>(dr[i]));
+                v[i] = static_cast<float>(sr[i]);
             }
-            acc[i & 7] += v * v;
+        } else {
+            for (int64_t i = 0; i < h; ++i) v[i] = static_cast<float>(xr[i]);
         }
-        float ss = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        // Sixteen partial sums of squares: vector lanes without reassociation.
+        float part[16] = {0};
+        int64_t i = 0;
+        for (; i + 16 <= h; i += 16) {
+            for (int l = 0; l < 16; ++l) part[l] += v[i + l] * v[i + l];
+        }
+        for (; i < h; ++i) part[i & 15] += v[i] * v[i];
+        float ss = 0;
+        for (int l = 0; l < 16; ++l) ss += part[l];
         // mean, + eps, rsqrt: each an f32 op in the eager path.
-        float var = ss / static_cast<float>(h);
-        float inv = 1.0f / std::sqrt(var + eps);
-        const T* src = delta ? sr : xr;
-        for (int64_t i = 0; i < h; ++i) {
-            float normed = rounded<T>(static_cast<float>(src[i]) * inv);
-            orow[i] = static_cast<T>(static_cast<float>(w[i]) * normed);
+        const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
+        T* orow = out + r * h;
+        for (int64_t j = 0; j < h; ++j) {
+            orow[j] = static_cast<T>(static_cast<float>(w[j]) * rounded<T>(v[j] * inv));
         }
     }
 }
@@ -94,9 +117,9 @@ void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, T* out, int64_
 // strided), with cos and sin [T, D] in x's dtype: transformers'
 // `x * cos + rotate_half(x) * sin`, each product and the sum rounded to T.
 template <typename T>
-void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, int64_t rows, int64_t heads, int64_t d) {
+INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, int64_t begin, int64_t end, int64_t heads, int64_t d) {
     const int64_t half = d / 2;
-    for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t r = begin; r < end; ++r) {
         const T* c = cos + r * d;
         const T* s = sin + r * d;
         for (int64_t hd = 0; hd < heads; ++hd) {
@@ -113,16 +136,6 @@ void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, int64_t rows, 
     }
 }
 
-// Dot products and updates over one head's vector. Compiled for AVX-512,
-// AVX2 and plain x86-64, chosen at load time; sixteen partial sums let the
-// compiler use full vector registers without reassociating (no fast-math).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define INFERD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define INFERD_CLONES
-#endif
-
-#define INFERD_INLINE inline __attribute__((always_inline))
 
 // Inlined into the clones of `attend`, so they get each clone's vector ISA.
 INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
@@ -226,8 +239,14 @@ int inferd_fused_add_rms_norm(const at::Tensor* x, const at::Tensor* delta, cons
         at::Tensor o = at::empty_like(*x);
         by_kind(kind, [&](auto tag) {
             using T = decltype(tag);
-            add_rms_norm<T>(x->data_ptr<T>(), delta ? delta->data_ptr<T>() : nullptr, w->data_ptr<T>(),
-                            delta ? s.data_ptr<T>() : nullptr, o.data_ptr<T>(), rows, h, static_cast<float>(eps));
+            const T* xp = x->data_ptr<T>();
+            const T* dp = delta ? delta->data_ptr<T>() : nullptr;
+            const T* wp = w->data_ptr<T>();
+            T* sp = delta ? s.data_ptr<T>() : nullptr;
+            T* op = o.data_ptr<T>();
+            at::parallel_for(0, rows, row_grain(h), [&](int64_t begin, int64_t end) {
+                add_rms_norm<T>(xp, dp, wp, sp, op, begin, end, h, static_cast<float>(eps));
+            });
         });
         *out = new at::Tensor(std::move(o));
         *sum = delta ? new at::Tensor(std::move(s)) : nullptr;
@@ -253,7 +272,12 @@ int inferd_fused_rotary_(const at::Tensor* x, const at::Tensor* cos, const at::T
         }
         by_kind(kind, [&](auto tag) {
             using T = decltype(tag);
-            rotary<T>(x->data_ptr<T>(), x->stride(0), cos->data_ptr<T>(), sin->data_ptr<T>(), rows, heads, d);
+            T* xp = x->data_ptr<T>();
+            const T* cp = cos->data_ptr<T>();
+            const T* sp = sin->data_ptr<T>();
+            at::parallel_for(0, rows, row_grain(heads * d), [&](int64_t begin, int64_t end) {
+                rotary<T>(xp, x->stride(0), cp, sp, begin, end, heads, d);
+            });
         });
     });
 }
