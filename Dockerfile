@@ -17,8 +17,9 @@ ARG RUNTIME_IMAGE=nvidia/cuda:13.0.0-base-ubuntu24.04
 
 # ---- build -------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
+# tcmalloc: build.rs links it so it serves libtorch's allocations.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get install -y --no-install-recommends python3 python3-venv libtcmalloc-minimal4 \
  && rm -rf /var/lib/apt/lists/*
 # torch into a plain folder (no interpreter needed at run time); torch/lib
 # keeps its relative rpaths to ../../nvidia/*/lib.
@@ -38,6 +39,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- run ---------------------------------------------------------------------
 FROM ${RUNTIME_IMAGE} AS runtime
+# The binary needs tcmalloc (Ubuntu 24.04 names the package ...4t64).
+RUN apt-get update \
+ && (apt-get install -y --no-install-recommends libtcmalloc-minimal4t64 \
+     || apt-get install -y --no-install-recommends libtcmalloc-minimal4) \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 inferd \
  && useradd --system --uid 10001 --gid inferd --home-dir /app --shell /usr/sbin/nologin inferd
 # Same paths as in the builder, so the binary's rpath finds libtorch.

@@ -6,6 +6,8 @@
 //! torch/lib so the binary (and the tests) find libtorch at run time without
 //! LD_LIBRARY_PATH. `$ORIGIN/lib` is also on the rpath for relocatable bundles.
 //!
+//! It links tcmalloc when installed (see `link_tcmalloc`).
+//!
 //! It also compiles small C++ shims against libtorch's headers and sets
 //! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
 //! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
@@ -17,12 +19,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo::rustc-check-cfg=cfg(inferd_torch_shim)");
+    println!("cargo::rustc-check-cfg=cfg(inferd_tcmalloc)");
     let Some(dir) = std::env::var_os("LIBTORCH") else {
         println!("cargo:warning=LIBTORCH is not set; run `make setup` (no rpath to torch/lib, no C++ shims)");
         return;
     };
     let torch = PathBuf::from(dir);
     compile_shims(&torch);
+    link_tcmalloc();
     let lib = torch.join("lib");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/lib");
@@ -67,4 +71,33 @@ fn compile_shims(torch: &Path) {
     println!("cargo:rustc-cfg=inferd_torch_shim");
     println!("cargo:rustc-link-arg=-L{}", torch.join("lib").display());
     println!("cargo:rustc-link-arg=-l:libgomp.so.1");
+}
+
+/// Where Debian's libtcmalloc-minimal4 (scripts/setup-system.sh) puts the
+/// library.
+const TCMALLOC_DIRS: [&str; 3] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64"];
+const TCMALLOC: &str = "libtcmalloc_minimal.so.4";
+
+/// Link gperftools' tcmalloc when it is installed, so it serves every
+/// malloc in the process, libtorch's and oneDNN's included: a CPU decode
+/// step allocates and frees hundreds of small tensors and oneDNN
+/// descriptors, and glibc's malloc spent ~9% of the step thread in
+/// free/consolidate. As a NEEDED library ahead of libc, its malloc wins
+/// symbol lookup everywhere (the tcmalloc test checks it).
+/// INFERD_NO_TCMALLOC=1 builds without it.
+fn link_tcmalloc() {
+    println!("cargo:rerun-if-env-changed=INFERD_NO_TCMALLOC");
+    if std::env::var_os("INFERD_NO_TCMALLOC").is_some_and(|v| v == "1") {
+        return;
+    }
+    let Some(dir) = TCMALLOC_DIRS.iter().map(Path::new).find(|d| d.join(TCMALLOC).exists()) else {
+        println!("cargo:warning={TCMALLOC} not found (scripts/setup-system.sh installs it); glibc malloc serves libtorch");
+        return;
+    };
+    println!("cargo:rerun-if-changed={}", dir.join(TCMALLOC).display());
+    // A link-lib (not a link-arg) so it lands ahead of libc on the command
+    // line: the linker then binds malloc to it and keeps it as needed.
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    println!("cargo:rustc-link-lib=dylib:+verbatim={TCMALLOC}");
+    println!("cargo:rustc-cfg=inferd_tcmalloc");
 }

@@ -35,6 +35,13 @@ rm -rf "$B" "$OUTDIR/inferd-gpu.tar.gz"
 mkdir -p "$B/bin" "$B/scripts/gpu" "$B/weights"
 cp target/release/inferd "$B/bin/inferd"
 strip --strip-all "$B/bin/inferd"
+# tcmalloc (linked by build.rs when installed) is not on the GPU machines:
+# it travels in bin/lib, which the RUNPATH below points at.
+tcm=$(ldd target/release/inferd | awk '/libtcmalloc_minimal/ {print $3}')
+if [[ -n $tcm ]]; then
+  mkdir -p "$B/bin/lib"
+  cp -L "$tcm" "$B/bin/lib/"
+fi
 
 # RUNPATH -> $ORIGIN/lib (see the header).
 python3 - "$B/bin/inferd" <<'EOF'

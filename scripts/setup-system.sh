@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# System packages the deployment tests need (tests/deploy_live.rs runs the
-# very nginx.conf and prometheus.yml of deploy/ in front of two inferd
-# processes). Idempotent: apt-get runs only when a package is missing.
+# System packages: tcmalloc, which build.rs links so that it serves
+# libtorch's allocations (a CPU decode step makes hundreds), and what the
+# deployment tests need (tests/deploy_live.rs runs the very nginx.conf and
+# prometheus.yml of deploy/ in front of two inferd processes). Idempotent:
+# apt-get runs only when a package is missing.
 # The services are never started through systemd: the tests run them as
 # plain child processes on loopback ports.
 set -euo pipefail
-PKGS=(nginx prometheus)
+PKGS=(libtcmalloc-minimal4 nginx prometheus)
 missing=()
 for p in "${PKGS[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

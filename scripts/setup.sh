@@ -19,7 +19,7 @@ mkdir -p "$CACHE/dl"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
-bash "$ROOT/scripts/setup-system.sh"   # nginx + prometheus for tests/deploy_live.rs (deploy issue)
+bash "$ROOT/scripts/setup-system.sh"   # tcmalloc (linked by build.rs); nginx + prometheus for tests/deploy_live.rs
 bash "$ROOT/scripts/setup-ui-test.sh"  # chromium + playwright-core for tests/ui.rs (console issue)
 
 # ensure_venv DIR REQUIREMENTS WHAT: (re)create a venv when its requirements
