@@ -42,7 +42,7 @@ fn main() {
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
     const SRCS: [&str; 3] = ["src/model/packed_linear.cpp", "src/model/fused_cpu.cpp", "src/model/inference_mode.cpp"];
-    for src in SRCS {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

@@ -24,28 +24,18 @@
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
 #include <cstring>
-#include <exception>
-#include <string>
+#include <utility>
+#include <vector>
+
+#include "shim_error.h"
 
 namespace {
 
-thread_local std::string last_error;
-
+// 0 when `f` returned, 1 when it threw (see shim_error.h).
 template <typename F>
 int guarded(F&& f) {
-    try {
-        f();
-        return 0;
-    } catch (const c10::Error& e) {
-        last_error = e.what_without_backtrace();
-    } catch (const std::exception& e) {
-        last_error = e.what();
-    } catch (...) {
-        last_error = "unknown C++ exception";
-    }
-    return 1;
+    return inferd_shim::run(std::forward<F>(f)) ? 0 : 1;
 }
 
 // Round a float to T the way a libtorch kernel stores its result.
@@ -77,6 +67,25 @@ inline int64_t row_grain(int64_t row_elems) {
     return std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, row_elems));
 }
 
+// Inlined into the cloned loops below, so they get each clone's vector ISA.
+// Sixteen partial sums: vector lanes without reassociation.
+INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
+    float part[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        for (int l = 0; l < 16; ++l) part[l] += q[i + l] * k[i + l];
+    }
+    for (; i < d; ++i) part[i & 15] += q[i] * k[i];
+    float s = 0;
+    for (int l = 0; l < 16; ++l) s += part[l];
+    return s;
+}
+
+template <typename T>
+INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 // x [T, H] (+ delta [T, H]) -> (sum, weight * norm(sum)), as
 // transformers' LlamaRMSNorm computes it for a bf16/f16 input.
 template <typename T>
@@ -95,15 +104,7 @@ INFERD_CLONES void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, 
         } else {
             for (int64_t i = 0; i < h; ++i) v[i] = static_cast<float>(xr[i]);
         }
-        // Sixteen partial sums of squares: vector lanes without reassociation.
-        float part[16] = {0};
-        int64_t i = 0;
-        for (; i + 16 <= h; i += 16) {
-            for (int l = 0; l < 16; ++l) part[l] += v[i + l] * v[i + l];
-        }
-        for (; i < h; ++i) part[i & 15] += v[i] * v[i];
-        float ss = 0;
-        for (int l = 0; l < 16; ++l) ss += part[l];
+        const float ss = dot(v.data(), v.data(), h);
         // mean, + eps, rsqrt: each an f32 op in the eager path.
         const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
         T* orow = out + r * h;
@@ -137,24 +138,6 @@ INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, 
 }
 
 
-// Inlined into the clones of `attend`, so they get each clone's vector ISA.
-INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
-    float part[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16) {
-        for (int l = 0; l < 16; ++l) part[l] += q[i + l] * k[i + l];
-    }
-    for (; i < d; ++i) part[i & 15] += q[i] * k[i];
-    float s = 0;
-    for (int l = 0; l < 16; ++l) s += part[l];
-    return s;
-}
-
-template <typename T>
-INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
-    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
 // One sequence's decode query heads against its first `ctx` cached
 // positions. q: [heads, D]; out: [heads, D]. Each position's K (then V)
 // record, all kv heads, is read once and in order, so the walk over the
@@ -165,11 +148,12 @@ template <typename T>
 INFERD_CLONES void attend(const T* q, int64_t heads, int64_t kvh, int64_t d, const T* k_pool, const T* v_pool,
                           const int64_t* table, int64_t block_size, int64_t ctx, float scale, T* out, std::vector<float>& buf) {
     const int64_t group = heads / kvh, rec = kvh * d;
-    buf.assign(static_cast<size_t>(heads * (d + ctx + d) + rec), 0.0f);
+    buf.assign(static_cast<size_t>(heads * (d + ctx + d + 1) + rec), 0.0f);
     float* qf = buf.data();                  // [heads, d]
     float* scores = qf + heads * d;          // [heads, ctx]
     float* acc = scores + heads * ctx;       // [heads, d]
-    float* row = acc + heads * d;            // [kvh, d]: one position's K or V in f32
+    float* sums = acc + heads * d;           // [heads]: softmax denominators
+    float* row = sums + heads;               // [kvh, d]: one position's K or V in f32
     widen(q, qf, heads * d);
     auto record = [&](const T* pool, int64_t p) { return pool + (table[p / block_size] * block_size + p % block_size) * rec; };
     for (int64_t p = 0; p < ctx; ++p) {
@@ -177,7 +161,6 @@ INFERD_CLONES void attend(const T* q, int64_t heads, int64_t kvh, int64_t d, con
         widen(record(k_pool, p), row, rec);
         for (int64_t h = 0; h < heads; ++h) scores[h * ctx + p] = dot(qf + h * d, row + (h / group) * d, d) * scale;
     }
-    std::vector<float> sums(static_cast<size_t>(heads));
     for (int64_t h = 0; h < heads; ++h) {
         float* sc = scores + h * ctx;
         const float m = *std::max_element(sc, sc + ctx);
@@ -379,7 +362,7 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
 
 // The message of the last failed call on this thread.
 const char* inferd_fused_cpu_last_error() {
-    return last_error.c_str();
+    return inferd_shim::last_error.c_str();
 }
 
 }  // extern "C"

@@ -13,14 +13,13 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 
+#include "shim_error.h"
+
 #include <cstring>
-#include <exception>
 #include <optional>
 #include <string>
 
 namespace {
-
-thread_local std::string last_error;
 
 std::optional<c10::OperatorHandle> find_op(const char* name) {
     return c10::Dispatcher::singleton().findSchema({name, ""});
@@ -38,18 +37,12 @@ const std::optional<c10::OperatorHandle>& linear_op() {
     return op;
 }
 
+// A new owned tensor from `f`, or null when it threw (see shim_error.h).
 template <typename F>
 at::Tensor* guarded(F&& f) {
-    try {
-        return new at::Tensor(f());
-    } catch (const c10::Error& e) {
-        last_error = e.what_without_backtrace();
-    } catch (const std::exception& e) {
-        last_error = e.what();
-    } catch (...) {
-        last_error = "unknown C++ exception";
-    }
-    return nullptr;
+    at::Tensor* out = nullptr;
+    inferd_shim::run([&] { out = new at::Tensor(f()); });
+    return out;
 }
 
 at::Tensor call_one(const std::optional<c10::OperatorHandle>& op, const char* name, torch::jit::Stack stack) {
@@ -121,7 +114,7 @@ at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const
 
 // The message of the last failed call on this thread.
 const char* inferd_packed_linear_last_error() {
-    return last_error.c_str();
+    return inferd_shim::last_error.c_str();
 }
 
 }  // extern "C"
