@@ -23,9 +23,23 @@ pub fn applies(x: &Tensor) -> bool {
     cfg!(inferd_torch_shim) && x.device() == Device::Cpu && matches!(x.kind(), Kind::BFloat16 | Kind::Half)
 }
 
-/// `(x + delta, weight * rms_norm(x + delta))` for x, delta [T, H]; without
-/// a delta, `(None, weight * rms_norm(x))`. All one dtype, contiguous.
-pub fn add_rms_norm(x: &Tensor, delta: Option<&Tensor>, weight: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor), TchError> {
+/// `weight * rms_norm(x)` for x [T, H]; one dtype, contiguous.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor, TchError> {
+    Ok(norm_call(x, None, weight, eps)?.1)
+}
+
+/// `(x + delta, weight * rms_norm(x + delta))` for x, delta [T, H]; one
+/// dtype, contiguous.
+pub fn add_rms_norm(x: &Tensor, delta: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor), TchError> {
+    let (sum, out) = norm_call(x, Some(delta), weight, eps)?;
+    match sum {
+        Some(sum) => Ok((sum, out)),
+        None => Err(TchError::Torch("fused CPU kernel: add + norm returned no sum".to_string())),
+    }
+}
+
+/// The shim's norm, with or without the residual add before it.
+fn norm_call(x: &Tensor, delta: Option<&Tensor>, weight: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor), TchError> {
     let mut sum: *mut c_void = std::ptr::null_mut();
     let mut out: *mut c_void = std::ptr::null_mut();
     let d = delta.map_or(std::ptr::null(), |d| d.as_ptr().cast());
@@ -168,8 +182,7 @@ mod tests {
         tch::manual_seed(3);
         for kind in [Kind::BFloat16, Kind::Half] {
             let (x, d, w) = (rand(&[33, 576], kind), rand(&[33, 576], kind), rand(&[576], kind));
-            let (sum, out) = add_rms_norm(&x, Some(&d), &w, 1e-5).unwrap();
-            let sum = sum.expect("a delta gives a sum");
+            let (sum, out) = add_rms_norm(&x, &d, &w, 1e-5).unwrap();
             let want_sum = &x + &d;
             assert!(sum.equal(&want_sum), "{kind:?}: residual sum differs from bf16 add");
             let want = eager_norm(&want_sum, &w, 1e-5);
@@ -177,12 +190,11 @@ mod tests {
             // handful of one-ulp differences.
             let (n, rel) = ulp_diffs(&out, &want);
             assert!(n * 100 <= want.numel() as i64 && rel < 0.01, "{kind:?}: {n} differ, largest relative {rel}");
-            let (none, alone) = add_rms_norm(&x, None, &w, 1e-5).unwrap();
-            assert!(none.is_none());
+            let alone = rms_norm(&x, &w, 1e-5).unwrap();
             let (n, rel) = ulp_diffs(&alone, &eager_norm(&x, &w, 1e-5));
             assert!(n * 100 <= x.numel() as i64 && rel < 0.01, "{kind:?} without delta: {n} differ, largest relative {rel}");
             // A row does not depend on the rows beside it.
-            let (_, one) = add_rms_norm(&x.narrow(0, 5, 1).contiguous(), Some(&d.narrow(0, 5, 1).contiguous()), &w, 1e-5).unwrap();
+            let (_, one) = add_rms_norm(&x.narrow(0, 5, 1).contiguous(), &d.narrow(0, 5, 1).contiguous(), &w, 1e-5).unwrap();
             assert!(one.equal(&out.narrow(0, 5, 1)), "{kind:?}: a row alone differs from the same row in a batch");
         }
     }
@@ -262,9 +274,9 @@ mod tests {
     #[test]
     fn a_bad_input_is_an_error_not_an_abort() {
         let x = rand(&[2, 8], Kind::BFloat16);
-        let err = add_rms_norm(&x, None, &rand(&[7], Kind::BFloat16), 1e-5).unwrap_err();
+        let err = rms_norm(&x, &rand(&[7], Kind::BFloat16), 1e-5).unwrap_err();
         assert!(err.to_string().contains("rms norm weight must be [8]"), "{err}");
-        let err = add_rms_norm(&x, None, &rand(&[8], Kind::Float), 1e-5).unwrap_err();
+        let err = rms_norm(&x, &rand(&[8], Kind::Float), 1e-5).unwrap_err();
         assert!(err.to_string().contains("rms norm weight is Float"), "{err}");
     }
 }

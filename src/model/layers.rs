@@ -157,7 +157,7 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         let kind = x.kind();
         if fused_cpu::applies(x) {
-            return Ok(fused_cpu::add_rms_norm(x, None, &self.weight, self.eps)?.1);
+            return fused_cpu::rms_norm(x, &self.weight, self.eps);
         }
         if kind == Kind::Float {
             // One libtorch call instead of six; in f32 it gave the same bits as
@@ -175,9 +175,7 @@ impl RmsNorm {
     /// apply: returns `(x + delta, norm(x + delta))`.
     pub fn forward_residual(&self, x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor), TchError> {
         if fused_cpu::applies(x) {
-            if let (Some(sum), normed) = fused_cpu::add_rms_norm(x, Some(delta), &self.weight, self.eps)? {
-                return Ok((sum, normed));
-            }
+            return fused_cpu::add_rms_norm(x, delta, &self.weight, self.eps);
         }
         let sum = x.f_add(delta)?;
         let normed = self.forward(&sum)?;
