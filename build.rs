@@ -12,7 +12,8 @@
 //! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
 //! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
-//! steps) and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
+//! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU)
+//! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -41,8 +42,13 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 3] = ["src/model/packed_linear.cpp", "src/model/fused_cpu.cpp", "src/model/inference_mode.cpp"];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h"]) {
+    const SRCS: [&str; 4] = [
+        "src/model/packed_linear.cpp",
+        "src/model/fused_cpu.cpp",
+        "src/model/decode_attention.cpp",
+        "src/model/inference_mode.cpp",
+    ];
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");
@@ -60,10 +66,13 @@ fn compile_shims(torch: &Path) {
         // mismatch would fail to link, not misbehave.
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .flag_if_supported("-Wno-unused-parameter")
-        // fused_cpu.cpp reproduces libtorch's roundings; a fused multiply-add
+        // decode_attention.cpp passes 64-byte vectors between always-inlined
+        // functions of one file; no such value crosses an ABI boundary.
+        .flag_if_supported("-Wno-psabi")
+        // The fused CPU kernels reproduce libtorch's roundings; a fused multiply-add
         // would skip one.
         .flag("-ffp-contract=off")
-        // at::parallel_for in fused_cpu.cpp is OpenMP inline code; it must
+        // at::parallel_for in the fused CPU kernels is OpenMP inline code; it must
         // run on libtorch's own OpenMP runtime (linked below), not a second one.
         .flag("-fopenmp")
         .opt_level(3)

@@ -12,8 +12,6 @@
 // rows beside it (batched greedy decoding relies on that), whichever thread
 // computes it. Rows are split over libtorch's OpenMP threads when a step has
 // enough of them (a prefill chunk); a decode step's few rows run inline.
-// Decode attention reads K/V straight from the paged pools (no gathered
-// copy) and splits its sequences over the threads.
 //
 // Tensors cross the boundary as `at::Tensor*` (tch's handles); returned
 // pointers are owned by the caller. Errors come back as null / nonzero plus a
@@ -25,65 +23,19 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <utility>
 #include <vector>
 
-#include "shim_error.h"
+#include "cpu_kernels.h"
 
 namespace {
 
-// 0 when `f` returned, 1 when it threw (see shim_error.h).
-template <typename F>
-int guarded(F&& f) {
-    return inferd_shim::run(std::forward<F>(f)) ? 0 : 1;
-}
-
-// Round a float to T the way a libtorch kernel stores its result.
-template <typename T>
-inline float rounded(float v) {
-    return static_cast<float>(static_cast<T>(v));
-}
-
-void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType kind) {
-    TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
-    TORCH_CHECK(t.scalar_type() == kind, what, " is ", t.scalar_type(), ", expected ", kind);
-}
-
-// The loops are compiled for AVX-512, AVX2 and plain x86-64, chosen at load
-// time (no fast-math: the compiler may not reassociate, so sums that should
-// vectorize keep explicit partial sums).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define INFERD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define INFERD_CLONES
-#endif
-
-#define INFERD_INLINE inline __attribute__((always_inline))
+using namespace inferd_cpu;
 
 // Rows a parallel chunk takes at least: below it a step runs inline.
 constexpr int64_t kParallelElems = 16384;
 
 inline int64_t row_grain(int64_t row_elems) {
     return std::max<int64_t>(1, kParallelElems / std::max<int64_t>(1, row_elems));
-}
-
-// Inlined into the cloned loops below, so they get each clone's vector ISA.
-// Sixteen partial sums: vector lanes without reassociation.
-INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
-    float part[16] = {0};
-    int64_t i = 0;
-    for (; i + 16 <= d; i += 16) {
-        for (int l = 0; l < 16; ++l) part[l] += q[i + l] * k[i + l];
-    }
-    for (; i < d; ++i) part[i & 15] += q[i] * k[i];
-    float s = 0;
-    for (int l = 0; l < 16; ++l) s += part[l];
-    return s;
-}
-
-template <typename T>
-INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
-    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
 // x [T, H] (+ delta [T, H]) -> (sum, weight * norm(sum)), as
@@ -134,66 +86,6 @@ INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, 
                 v[i + half] = static_cast<T>(hi);
             }
         }
-    }
-}
-
-
-// One sequence's decode query heads against its first `ctx` cached
-// positions. q: [heads, D]; out: [heads, D]. Each position's K (then V)
-// record, all kv heads, is read once and in order, so the walk over the
-// pool's blocks streams. Mirrors libtorch's CPU flash attention for one
-// query: f32 scores, softmax with f32 sums, probabilities rounded to T
-// before they weight V, f32 accumulation, one division at the end.
-template <typename T>
-INFERD_CLONES void attend(const T* q, int64_t heads, int64_t kvh, int64_t d, const T* k_pool, const T* v_pool,
-                          const int64_t* table, int64_t block_size, int64_t ctx, float scale, T* out, std::vector<float>& buf) {
-    const int64_t group = heads / kvh, rec = kvh * d;
-    buf.assign(static_cast<size_t>(heads * (d + ctx + d + 1) + rec), 0.0f);
-    float* qf = buf.data();                  // [heads, d]
-    float* scores = qf + heads * d;          // [heads, ctx]
-    float* acc = scores + heads * ctx;       // [heads, d]
-    float* sums = acc + heads * d;           // [heads]: softmax denominators
-    float* row = sums + heads;               // [kvh, d]: one position's K or V in f32
-    widen(q, qf, heads * d);
-    auto record = [&](const T* pool, int64_t p) { return pool + (table[p / block_size] * block_size + p % block_size) * rec; };
-    for (int64_t p = 0; p < ctx; ++p) {
-        if (p + 8 < ctx) __builtin_prefetch(record(k_pool, p + 8));
-        widen(record(k_pool, p), row, rec);
-        for (int64_t h = 0; h < heads; ++h) scores[h * ctx + p] = dot(qf + h * d, row + (h / group) * d, d) * scale;
-    }
-    for (int64_t h = 0; h < heads; ++h) {
-        float* sc = scores + h * ctx;
-        const float m = *std::max_element(sc, sc + ctx);
-        float sum = 0;
-        for (int64_t p = 0; p < ctx; ++p) {
-            const float e = std::exp(sc[p] - m);
-            sum += e;
-            sc[p] = rounded<T>(e);
-        }
-        sums[h] = sum;
-    }
-    for (int64_t p = 0; p < ctx; ++p) {
-        if (p + 8 < ctx) __builtin_prefetch(record(v_pool, p + 8));
-        widen(record(v_pool, p), row, rec);
-        for (int64_t h = 0; h < heads; ++h) {
-            const float w = scores[h * ctx + p];
-            const float* v = row + (h / group) * d;
-            float* a = acc + h * d;
-            for (int64_t i = 0; i < d; ++i) a[i] += w * v[i];
-        }
-    }
-    for (int64_t h = 0; h < heads; ++h) {
-        for (int64_t i = 0; i < d; ++i) out[h * d + i] = static_cast<T>(acc[h * d + i] / sums[h]);
-    }
-}
-
-template <typename F>
-void by_kind(at::ScalarType kind, F&& f) {
-    switch (kind) {
-        case at::kBFloat16: f(c10::BFloat16{}); break;
-        case at::kHalf: f(c10::Half{}); break;
-        case at::kFloat: f(float{}); break;
-        default: TORCH_CHECK(false, "fused CPU kernels take bf16, f16 or f32, not ", kind);
     }
 }
 
@@ -303,61 +195,6 @@ int inferd_fused_write_kv(const at::Tensor* k_pool, const at::Tensor* v_pool, co
             std::memcpy(vp + s[r] * bytes, vr + r * vs, bytes);
         }
     });
-}
-
-// Decode attention over the paged pools. q: [n, heads, D] with contiguous
-// rows (a view of the fused qkv output); pools [blocks, block size, kvh, D]
-// contiguous; tables: int64 [n * nb], sequence i's blocks at i * nb;
-// ctx_lens: int64 [n], each in 1 ..= nb * block size. Returns [n, heads, D].
-at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor* k_pool, const at::Tensor* v_pool,
-                                          const at::Tensor* tables, const at::Tensor* ctx_lens, double scale) {
-    at::Tensor* result = nullptr;
-    const int status = guarded([&] {
-        const auto kind = q->scalar_type();
-        check_cpu_kind(*q, "decode query", kind);
-        check_cpu_kind(*k_pool, "K pool", kind);
-        check_cpu_kind(*v_pool, "V pool", kind);
-        TORCH_CHECK(q->dim() == 3 && q->stride(2) == 1 && q->stride(1) == q->size(2), "decode query must be [n, heads, D] with contiguous rows");
-        TORCH_CHECK(k_pool->dim() == 4 && k_pool->is_contiguous() && v_pool->sizes() == k_pool->sizes() && v_pool->is_contiguous(),
-                    "KV pools must be contiguous [blocks, block size, kv heads, head dim]");
-        const int64_t n = q->size(0), heads = q->size(1), d = q->size(2);
-        const int64_t blocks = k_pool->size(0), block_size = k_pool->size(1), kvh = k_pool->size(2);
-        TORCH_CHECK(k_pool->size(3) == d, "KV pool head dim ", k_pool->size(3), " != query head dim ", d);
-        TORCH_CHECK(kvh > 0 && heads % kvh == 0, heads, " query heads do not split over ", kvh, " kv heads");
-        for (const at::Tensor* t : {tables, ctx_lens}) {
-            TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->dim() == 1 && t->is_contiguous(),
-                        "block tables and context lengths must be contiguous CPU int64");
-        }
-        TORCH_CHECK(ctx_lens->size(0) == n && n > 0 && tables->size(0) % n == 0, "block tables and context lengths must cover ", n, " sequences");
-        const int64_t nb = tables->size(0) / n;
-        const int64_t* tab = tables->data_ptr<int64_t>();
-        const int64_t* lens = ctx_lens->data_ptr<int64_t>();
-        for (int64_t i = 0; i < n; ++i) {
-            TORCH_CHECK(lens[i] >= 1 && lens[i] <= nb * block_size, "context length ", lens[i], " outside 1..=", nb * block_size);
-            for (int64_t b = 0; b < nb; ++b) {
-                TORCH_CHECK(tab[i * nb + b] >= 0 && tab[i * nb + b] < blocks, "block ", tab[i * nb + b], " outside the pool's ", blocks);
-            }
-        }
-        at::Tensor out = at::empty({n, heads, d}, q->options().memory_format(at::MemoryFormat::Contiguous));
-        const float sc = static_cast<float>(scale);
-        by_kind(kind, [&](auto tag) {
-            using T = decltype(tag);
-            const T* qp = q->data_ptr<T>();
-            const T* kp = k_pool->data_ptr<T>();
-            const T* vp = v_pool->data_ptr<T>();
-            T* op = out.data_ptr<T>();
-            const int64_t qs = q->stride(0);
-            // One item per sequence; each writes its own rows.
-            at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-                std::vector<float> buf;
-                for (int64_t i = begin; i < end; ++i) {
-                    attend<T>(qp + i * qs, heads, kvh, d, kp, vp, tab + i * nb, block_size, lens[i], sc, op + i * heads * d, buf);
-                }
-            });
-        });
-        result = new at::Tensor(std::move(out));
-    });
-    return status == 0 ? result : nullptr;
 }
 
 // The message of the last failed call on this thread.

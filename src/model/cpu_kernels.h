@@ -1,0 +1,80 @@
+// Helpers shared by the fused CPU kernels (fused_cpu.cpp, decode_attention.cpp):
+// the exception guard's status code, libtorch's rounding, input checks, the
+// per-ISA clones and the fixed-order partial sums that let the loops
+// vectorize without reassociating.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "shim_error.h"
+
+namespace inferd_cpu {
+
+// 0 when `f` returned, 1 when it threw (see shim_error.h).
+template <typename F>
+int guarded(F&& f) {
+    return inferd_shim::run(std::forward<F>(f)) ? 0 : 1;
+}
+
+// Round a float to T the way a libtorch kernel stores its result.
+template <typename T>
+inline float rounded(float v) {
+    return static_cast<float>(static_cast<T>(v));
+}
+
+inline void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType kind) {
+    TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
+    TORCH_CHECK(t.scalar_type() == kind, what, " is ", t.scalar_type(), ", expected ", kind);
+}
+
+// The loops are compiled for AVX-512, AVX2 and plain x86-64, chosen at load
+// time (no fast-math: the compiler may not reassociate, so sums that should
+// vectorize keep explicit partial sums).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFERD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define INFERD_CLONES
+#endif
+
+#define INFERD_INLINE inline __attribute__((always_inline))
+
+// Sums sixteen partial sums as a fixed tree (halves, then quarters, ...):
+// four dependent adds where a left-to-right sum is a chain of sixteen.
+INFERD_INLINE float lane_sum(const float* p) {
+    const float a0 = p[0] + p[8], a1 = p[1] + p[9], a2 = p[2] + p[10], a3 = p[3] + p[11];
+    const float a4 = p[4] + p[12], a5 = p[5] + p[13], a6 = p[6] + p[14], a7 = p[7] + p[15];
+    const float b0 = a0 + a4, b1 = a1 + a5, b2 = a2 + a6, b3 = a3 + a7;
+    return (b0 + b2) + (b1 + b3);
+}
+
+// Inlined into the cloned loops below, so they get each clone's vector ISA.
+// Sixteen partial sums: vector lanes without reassociation.
+INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
+    float part[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+        for (int l = 0; l < 16; ++l) part[l] += q[i + l] * k[i + l];
+    }
+    for (; i < d; ++i) part[i & 15] += q[i] * k[i];
+    return lane_sum(part);
+}
+
+template <typename T>
+INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <typename F>
+inline void by_kind(at::ScalarType kind, F&& f) {
+    switch (kind) {
+        case at::kBFloat16: f(c10::BFloat16{}); break;
+        case at::kHalf: f(c10::Half{}); break;
+        case at::kFloat: f(float{}); break;
+        default: TORCH_CHECK(false, "fused CPU kernels take bf16, f16 or f32, not ", kind);
+    }
+}
+
+}  // namespace inferd_cpu
