@@ -24,29 +24,6 @@ namespace {
 
 using namespace inferd_cpu;
 
-// e^x for x <= 0 (a score minus its row's maximum), written so the loop
-// around it vectorizes: Cephes' expf (range reduction by ln 2 in two parts,
-// a degree-6 polynomial, 2^n put into the exponent bits), about 1 ulp from
-// std::exp. Below -87 it returns 0, as e^x is then under f32's normal range.
-INFERD_INLINE float exp_nonpositive(float x) {
-    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-    const bool underflow = x < -87.0f;
-    x = underflow ? -87.0f : x;
-    const float n = (x * 1.44269504088896341f + shifter) - shifter;
-    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    const float e = p * (r * r) + r + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return underflow ? 0.0f : e * scale;
-}
-
 // Sixteen f32 lanes as one GCC vector: a zmm register in the AVX-512 clone,
 // two ymm or four xmm in the others. Written out because the compiler, not
 // allowed to reassociate, spills and shuffles the equivalent scalar arrays.
@@ -181,13 +158,13 @@ INFERD_CLONES void attend_head(const T* q, int64_t d, const T* k_pool, const T* 
     p = 0;
     for (; p + 16 <= ctx; p += 16) {
         for (int l = 0; l < 16; ++l) {
-            const float e = exp_nonpositive(sc[p + l] - m);
+            const float e = exp_f32(sc[p + l] - m);
             part[l] += e;
             sc[p + l] = rounded<T>(e);
         }
     }
     for (; p < ctx; ++p) {
-        const float e = exp_nonpositive(sc[p] - m);
+        const float e = exp_f32(sc[p] - m);
         part[p & 15] += e;
         sc[p] = rounded<T>(e);
     }
@@ -206,7 +183,7 @@ INFERD_CLONES void attend_head(const T* q, int64_t d, const T* k_pool, const T* 
         walk_pool(v_pool, table, block_size, ctx, rec, kv_off,
                   [&](int64_t p, const T* v) { axpy_widen(sc[p], v, acc, d); });
     }
-    for (int64_t i = 0; i < d; ++i) out[i] = static_cast<T>(acc[i] / sum);
+    for (int64_t i = 0; i < d; ++i) out[i] = to_t<T>(acc[i] / sum);
 }
 
 }  // namespace

@@ -50,7 +50,7 @@ INFERD_CLONES void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, 
             const T* dr = delta + r * h;
             T* sr = sum + r * h;
             for (int64_t i = 0; i < h; ++i) {
-                sr[i] = static_cast<T>(static_cast<float>(xr[i]) + static_cast<float>(dr[i]));
+                sr[i] = to_t<T>(static_cast<float>(xr[i]) + static_cast<float>(dr[i]));
                 v[i] = static_cast<float>(sr[i]);
             }
         } else {
@@ -61,7 +61,7 @@ INFERD_CLONES void add_rms_norm(const T* x, const T* delta, const T* w, T* sum, 
         const float inv = 1.0f / std::sqrt(ss / static_cast<float>(h) + eps);
         T* orow = out + r * h;
         for (int64_t j = 0; j < h; ++j) {
-            orow[j] = static_cast<T>(static_cast<float>(w[j]) * rounded<T>(v[j] * inv));
+            orow[j] = to_t<T>(static_cast<float>(w[j]) * rounded<T>(v[j] * inv));
         }
     }
 }
@@ -82,8 +82,8 @@ INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, 
                 float x2 = static_cast<float>(v[i + half]);
                 float lo = rounded<T>(x1 * static_cast<float>(c[i])) + rounded<T>(-x2 * static_cast<float>(s[i]));
                 float hi = rounded<T>(x2 * static_cast<float>(c[i + half])) + rounded<T>(x1 * static_cast<float>(s[i + half]));
-                v[i] = static_cast<T>(lo);
-                v[i + half] = static_cast<T>(hi);
+                v[i] = to_t<T>(lo);
+                v[i + half] = to_t<T>(hi);
             }
         }
     }
