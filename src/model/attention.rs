@@ -57,7 +57,7 @@ pub fn paged_attention(
                 let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(mask), 0.0, false, scale, gqa)?;
                 o.f_squeeze_dim(0)?.f_transpose(0, 1)?
             }
-            AttnGroup::Decode { row, n, tables, ctx_lens, .. } if fused_cpu::applies(q) => {
+            AttnGroup::Decode { row, n, tables, ctx_lens, .. } if fused_cpu::attention_applies(q) => {
                 fused_cpu::decode_attention(&q.f_narrow(0, *row, *n)?, k_pool, v_pool, tables, ctx_lens, scale)?
             }
             AttnGroup::Decode { row, n, tables, key_mask, max_ctx, .. } => {

@@ -3,9 +3,9 @@
 // no gathered copy of K/V. Each (sequence, head) pair is one work item over
 // libtorch's OpenMP threads, so a single sequence's heads still use every
 // core, and an item's result does not depend on the batch or thread (batched
-// greedy decoding relies on that). For bf16 with head dims 64 and 128 the
-// loops are written with explicit 16-lane vectors; other shapes and f16 take
-// scalar loops that compute the same sums in the same order.
+// greedy decoding relies on that). For bf16 and f32 with head dims 64 and
+// 128 the loops are written with explicit 16-lane vectors; other shapes and
+// f16 take scalar loops that compute the same sums in the same order.
 //
 // Called through fused_cpu.rs, which declares this file's extern "C" entry.
 
@@ -52,6 +52,14 @@ INFERD_INLINE f32x16 widen16(const c10::BFloat16* p) {
     return v;
 }
 
+INFERD_INLINE f32x16 widen16(const float* p) {
+    return load16(p);
+}
+
+// Whether T has the vector loops (with a head dim that is a multiple of 16).
+template <typename T>
+constexpr bool kVectorKind = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>;
+
 // lane_sum of a vector's lanes, in the same tree order.
 INFERD_INLINE float hsum16(f32x16 v) {
     v += __builtin_shuffle(v, i32x16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
@@ -66,7 +74,7 @@ INFERD_INLINE float hsum16(f32x16 v) {
 // the same bits.
 template <typename T>
 INFERD_INLINE float dot_widen(const float* q, const T* k, int64_t d) {
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if constexpr (kVectorKind<T>) {
         if (d % 16 == 0) {
             f32x16 acc = {};
             for (int64_t i = 0; i < d; i += 16) acc += load16(q + i) * widen16(k + i);
@@ -85,7 +93,7 @@ INFERD_INLINE float dot_widen(const float* q, const T* k, int64_t d) {
 // acc += w * v with v widened from T.
 template <typename T>
 INFERD_INLINE void axpy_widen(float w, const T* v, float* acc, int64_t d) {
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if constexpr (kVectorKind<T>) {
         if (d % 16 == 0) {
             for (int64_t i = 0; i < d; i += 16) store16(acc + i, load16(acc + i) + w * widen16(v + i));
             return;
@@ -170,7 +178,7 @@ INFERD_CLONES void attend_head(const T* q, int64_t d, const T* k_pool, const T* 
     }
     const float sum = lane_sum(part);
     bool done = false;
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if constexpr (kVectorKind<T>) {
         done = true;
         switch (d) {
             case 64: weigh_values<4>(sc, v_pool, table, block_size, ctx, rec, kv_off, acc); break;
