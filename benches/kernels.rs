@@ -1,0 +1,117 @@
+//! Criterion micro-benchmarks of the fused CPU kernels against the eager
+//! libtorch ops they replace, in bf16 on this machine's CPU, at SmolLM2-135M's
+//! shapes (hidden 576, 9 query heads and 3 KV heads of 64, 16-position
+//! blocks):
+//! - residual add + RMSNorm, at 1 row (a decode step), 64 (a batch of decodes)
+//!   and 512 (a prefill chunk);
+//! - rotary in place on the fused qkv rows, at 1, 64 and 512 rows;
+//! - paged decode attention at 200 cached positions for 1, 16 and 64
+//!   sequences, against the eager path (gather the blocks, then SDPA with a
+//!   key mask, as `attention.rs` does where the kernel does not apply).
+//!
+//! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
+//! headers) the fused rows are skipped.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use inferd::model::fused_cpu;
+use inferd::model::inference_mode::InferenceMode;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+const HIDDEN: i64 = 576;
+const HEADS: i64 = 9;
+const KV_HEADS: i64 = 3;
+const HEAD_DIM: i64 = 64;
+const BLOCK: i64 = 16;
+const EPS: f64 = 1e-5;
+
+fn bf16(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16)
+}
+
+/// transformers' LlamaRMSNorm after the residual add, as eager ops.
+fn eager_add_norm(x: &Tensor, delta: &Tensor, w: &Tensor) -> (Tensor, Tensor) {
+    let sum = x + delta;
+    let f = sum.to_kind(Kind::Float);
+    let inv = (f.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + EPS).rsqrt();
+    let norm = w * (f * inv).to_kind(Kind::BFloat16);
+    (sum, norm)
+}
+
+/// transformers' `x * cos + rotate_half(x) * sin` on the q and k heads.
+fn eager_rotary(qk: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let half = HEAD_DIM / 2;
+    let rot = Tensor::cat(&[-qk.narrow(2, half, half), qk.narrow(2, 0, half)], 2);
+    qk * cos + rot * sin
+}
+
+fn norm_and_rotary(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    let shim = fused_cpu::applies(&bf16(&[1]));
+    let mut group = c.benchmark_group("fused_cpu_bf16");
+    group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for rows in [1i64, 64, 512] {
+        let (x, delta, w) = (bf16(&[rows, HIDDEN]), bf16(&[rows, HIDDEN]), bf16(&[HIDDEN]));
+        group.bench_with_input(BenchmarkId::new("add_rms_norm/eager", rows), &rows, |b, _| {
+            b.iter(|| eager_add_norm(&x, &delta, &w))
+        });
+        if shim {
+            group.bench_with_input(BenchmarkId::new("add_rms_norm/fused", rows), &rows, |b, _| {
+                b.iter(|| fused_cpu::add_rms_norm(&x, &delta, &w, EPS).expect("fused norm"))
+            });
+        }
+        let qkv = bf16(&[rows, HEADS + 2 * KV_HEADS, HEAD_DIM]);
+        // Real angles: a rotation keeps the values' size however often it is applied in place.
+        let theta = Tensor::rand([rows, 1, HEAD_DIM], (Kind::Float, Device::Cpu)) * 6.28;
+        let (cos, sin) = (theta.cos().to_kind(Kind::BFloat16), theta.sin().to_kind(Kind::BFloat16));
+        let qk = qkv.narrow(1, 0, HEADS + KV_HEADS);
+        group.bench_with_input(BenchmarkId::new("rotary/eager", rows), &rows, |b, _| {
+            b.iter(|| eager_rotary(&qk, &cos, &sin))
+        });
+        if shim {
+            // In place: rotating the same rows again and again is the same work.
+            group.bench_with_input(BenchmarkId::new("rotary/fused", rows), &rows, |b, _| {
+                b.iter(|| fused_cpu::rotary_(&qkv, &cos, &sin, HEADS + KV_HEADS).expect("fused rotary"))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn decode_attention(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    let shim = fused_cpu::attention_applies(&bf16(&[1]));
+    let ctx = 200i64;
+    let nb = (ctx + BLOCK - 1) / BLOCK;
+    let pool_blocks = 64 * nb + 1;
+    let k_pool = bf16(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]);
+    let v_pool = bf16(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]);
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    let mut group = c.benchmark_group("decode_attention_bf16_ctx200");
+    group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for n in [1i64, 16, 64] {
+        // Sequence i's blocks scattered over the pool, as the block manager leaves them.
+        let table: Vec<i64> = (0..n * nb).map(|j| (j * 37) % pool_blocks).collect();
+        let tables = Tensor::from_slice(&table);
+        let lens = Tensor::from_slice(&vec![ctx; n as usize]);
+        let q = bf16(&[n, HEADS, HEAD_DIM]);
+        let padded = nb * BLOCK;
+        let mask = Tensor::arange(padded, (Kind::Int64, Device::Cpu)).lt(ctx).view([1, 1, 1, padded]).expand([n, 1, 1, padded], false);
+        group.bench_with_input(BenchmarkId::new("gather_sdpa", n), &n, |b, _| {
+            b.iter(|| {
+                let gather = |pool: &Tensor| pool.index_select(0, &tables).view([n, padded, KV_HEADS, HEAD_DIM]).transpose(1, 2);
+                let qg = q.reshape([n, KV_HEADS, HEADS / KV_HEADS, HEAD_DIM]);
+                Tensor::scaled_dot_product_attention(&qg, &gather(&k_pool), &gather(&v_pool), Some(&mask), 0.0, false, scale, false)
+            })
+        });
+        if shim {
+            group.bench_with_input(BenchmarkId::new("paged_kernel", n), &n, |b, _| {
+                b.iter(|| fused_cpu::decode_attention(&q, &k_pool, &v_pool, &tables, &lens, scale).expect("decode attention"))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, norm_and_rotary, decode_attention);
+criterion_main!(benches);
