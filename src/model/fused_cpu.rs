@@ -11,7 +11,8 @@
 //! `decode_attention.cpp` attends one query per sequence from the pools,
 //! one (sequence, head) pair per thread item, within 0.02 of SDPA.
 //! The layers use it on CPU for bf16 and f16; f32 (whose parity with
-//! transformers is checked to 1e-5) and CUDA keep libtorch's ops.
+//! transformers is checked to 1e-5) and CUDA keep libtorch's ops, except
+//! that decode attention serves f32 on CPU too (see `attention_applies`).
 
 use std::ffi::c_void;
 #[cfg(inferd_torch_shim)]
@@ -244,8 +245,8 @@ mod tests {
 
     #[test]
     fn decode_attention_matches_sdpa_over_gathered_keys() {
-        // bf16 head dims 64 and 128 take the vector loops (128 is LLaMA's),
-        // 40 and f16 the scalar ones.
+        // bf16 and f32 at head dims 64 and 128 take the vector loops (128 is
+        // LLaMA's); head dim 40 and f16 the scalar ones.
         for (kind, d) in [(Kind::BFloat16, 64), (Kind::BFloat16, 128), (Kind::BFloat16, 40), (Kind::Half, 64), (Kind::Float, 64), (Kind::Float, 40)] {
             decode_attention_matches_sdpa(kind, d);
         }
