@@ -79,11 +79,6 @@ INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
     return lane_sum(part);
 }
 
-template <typename T>
-INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
-    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
-}
-
 template <typename F>
 inline void by_kind(at::ScalarType kind, F&& f) {
     switch (kind) {

@@ -52,6 +52,11 @@ INFERD_INLINE float exp_f32(float x) {
     return over ? __builtin_inff() : (under ? 0.0f : y);
 }
 
+template <typename T>
+INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
+    for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 // Sixteen f32 lanes as one GCC vector: a zmm register in the AVX-512 clone,
 // two ymm or four xmm in the others. Written out because the compiler, not
 // allowed to reassociate, spills and shuffles the equivalent scalar arrays.
@@ -232,8 +237,7 @@ extern "C" {
 // ctx_lens: int64 [n], each in 1 ..= nb * block size. Returns [n, heads, D].
 at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor* k_pool, const at::Tensor* v_pool,
                                           const at::Tensor* tables, const at::Tensor* ctx_lens, double scale) {
-    at::Tensor* result = nullptr;
-    const int status = guarded([&] {
+    return inferd_shim::new_tensor([&] {
         const auto kind = q->scalar_type();
         check_cpu_kind(*q, "decode query", kind);
         check_cpu_kind(*k_pool, "K pool", kind);
@@ -279,9 +283,8 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
                 }
             });
         });
-        result = new at::Tensor(std::move(out));
+        return out;
     });
-    return status == 0 ? result : nullptr;
 }
 
 }  // extern "C"

@@ -37,14 +37,6 @@ const std::optional<c10::OperatorHandle>& linear_op() {
     return op;
 }
 
-// A new owned tensor from `f`, or null when it threw (see shim_error.h).
-template <typename F>
-at::Tensor* guarded(F&& f) {
-    at::Tensor* out = nullptr;
-    inferd_shim::run([&] { out = new at::Tensor(f()); });
-    return out;
-}
-
 at::Tensor call_one(const std::optional<c10::OperatorHandle>& op, const char* name, torch::jit::Stack stack) {
     TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
     op->callBoxed(&stack);
@@ -70,7 +62,7 @@ int inferd_packed_linear_available() {
 // dtype this CPU has no oneDNN kernel for (bf16 wants AVX-512 BW/VL/DQ or
 // AVX-NE-CONVERT, f16 AVX512-FP16 or AVX-NE-CONVERT).
 at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
-    return guarded([&] {
+    return inferd_shim::new_tensor([&] {
         torch::jit::Stack stack;
         stack.emplace_back(*w);
         stack.emplace_back(batch);
@@ -87,7 +79,7 @@ at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
 // share its step. Reading the weights dominates a one-row product, so the
 // second row costs about nothing.
 at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* bias) {
-    return guarded([&] {
+    return inferd_shim::new_tensor([&] {
         const bool one_row = x->dim() == 2 && x->size(0) == 1 && x->is_contiguous();
         torch::jit::Stack stack;
         if (one_row) {

@@ -4,6 +4,7 @@
 // next failure on the same thread.
 #pragma once
 
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <exception>
@@ -27,6 +28,15 @@ bool run(F&& f) {
         last_error = "unknown C++ exception";
     }
     return false;
+}
+
+// The tensor `f` returns, as a new owned handle for the Rust side, or null
+// when it threw (then `last_error` says why).
+template <typename F>
+at::Tensor* new_tensor(F&& f) {
+    at::Tensor* out = nullptr;
+    run([&] { out = new at::Tensor(f()); });
+    return out;
 }
 
 }  // namespace inferd_shim
