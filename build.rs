@@ -42,8 +42,9 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 4] = [
+    const SRCS: [&str; 5] = [
         "src/model/packed_linear.cpp",
+        "src/model/gemv_bf16.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
         "src/model/inference_mode.cpp",

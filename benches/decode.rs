@@ -27,7 +27,7 @@ fn decode_steps(c: &mut Criterion) {
             let seqs: Vec<SeqInput> = (0..batch)
                 .map(|b| SeqInput { tokens: (0..CONTEXT).map(|t| (t * 7 + b) % 1000 + 10).collect(), start_pos: 0, block_table: (b * per_seq..(b + 1) * per_seq).collect() })
                 .collect();
-            model.forward(&seqs, &mut cache, LogitsFor::LastToken).expect("prefill");
+            let _ = model.forward(&seqs, &mut cache, LogitsFor::LastToken).expect("prefill");
             let step: Vec<SeqInput> = seqs.iter().map(|s| SeqInput { tokens: vec![42], start_pos: CONTEXT, block_table: s.block_table.clone() }).collect();
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {

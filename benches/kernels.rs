@@ -7,13 +7,16 @@
 //! - rotary in place on the fused qkv rows, at 1, 64 and 512 rows;
 //! - paged decode attention at 200 cached positions for 1, 16 and 64
 //!   sequences, against the eager path (gather the blocks, then SDPA with a
-//!   key mask, as `attention.rs` does where the kernel does not apply).
+//!   key mask, as `attention.rs` does where the kernel does not apply);
+//! - the decode-row bf16 product (`gemv_bf16`) against oneDNN's call on the
+//!   same packed weight, for the gate/up projection (3072x576) at 1, 4, 16 and
+//!   64 rows (weights in cache: this is the per-call cost, not bandwidth).
 //!
 //! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
 //! headers) the fused rows are skipped.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use inferd::model::fused_cpu;
+use inferd::model::{fused_cpu, gemv_bf16, packed_linear};
 use inferd::model::inference_mode::InferenceMode;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -113,5 +116,28 @@ fn decode_attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, norm_and_rotary, decode_attention);
+fn decode_rows(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    let (n, k) = (3072i64, HIDDEN);
+    let w = (Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::BFloat16);
+    let Ok(packed) = packed_linear::pack_onednn(&w, 16) else {
+        eprintln!("oneDNN cannot pack bf16 on this CPU: nothing to compare");
+        return;
+    };
+    let kernel = gemv_bf16::for_packed(&packed, n, k).expect("probe");
+    let mut group = c.benchmark_group("linear_bf16_3072x576");
+    group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for rows in [1i64, 4, 16, 64] {
+        let x = bf16(&[rows, k]);
+        group.bench_with_input(BenchmarkId::new("onednn", rows), &rows, |b, _| {
+            b.iter(|| packed_linear::linear_onednn(&x, &packed, None).expect("onednn"))
+        });
+        if let Some(kernel) = &kernel {
+            group.bench_with_input(BenchmarkId::new("row_kernel", rows), &rows, |b, _| b.iter(|| gemv_bf16::forward(&x, kernel).expect("kernel")));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, norm_and_rotary, decode_attention, decode_rows);
 criterion_main!(benches);

@@ -10,6 +10,7 @@ pub mod batch;
 pub mod chat_template;
 pub mod config;
 pub mod fused_cpu;
+pub mod gemv_bf16;
 pub mod gpt2;
 pub mod hf_config;
 pub mod inference_mode;

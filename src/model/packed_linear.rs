@@ -16,7 +16,9 @@ use std::ffi::c_void;
 #[cfg(inferd_torch_shim)]
 use std::ffi::{c_char, c_int, CStr};
 
-use tch::{TchError, Tensor};
+use tch::{Kind, TchError, Tensor};
+
+use super::gemv_bf16::{self, RowKernel};
 
 #[cfg(inferd_torch_shim)]
 extern "C" {
@@ -39,23 +41,52 @@ pub fn available() -> bool {
     }
 }
 
-/// A weight in oneDNN's blocked layout; only `linear` can read it.
+/// A weight in oneDNN's blocked layout; only `linear` can read it. For bf16 on
+/// CPUs with AVX512_BF16 it also carries the kernel that reads the same bytes
+/// for one or two rows (`gemv_bf16`).
 #[derive(Debug)]
-pub struct PackedWeight(Tensor);
+pub struct PackedWeight {
+    packed: Tensor,
+    rows: Option<RowKernel>,
+}
 
 /// Pack a dense [out, in] CPU weight, tuned for inputs of about `rows` rows
 /// (any row count works).
 pub fn pack(w: &Tensor, rows: i64) -> Result<PackedWeight, TchError> {
-    let w = w.f_contiguous()?;
-    // SAFETY: `w` is a live tensor for the whole call; the shim returns a new
-    // owned at::Tensor* or null.
-    wrap(unsafe { ffi_pack(&w, rows) }).map(PackedWeight)
+    let packed = pack_onednn(w, rows)?;
+    let kernel = match (w.kind(), w.size().as_slice()) {
+        (Kind::BFloat16, &[n, k]) => gemv_bf16::for_packed(&packed, n, k)?,
+        _ => None,
+    };
+    Ok(PackedWeight { packed, rows: kernel })
 }
 
 /// `x W^T (+ bias)`, x [rows, in] -> [rows, out], in x's dtype.
 pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> Result<Tensor, TchError> {
-    // SAFETY: as in `pack`; null stands for "no bias".
-    wrap(unsafe { ffi_linear(x, &w.0, bias) })
+    match (&w.rows, bias) {
+        (Some(kernel), None) if x.size().first().is_some_and(|r| *r <= gemv_bf16::MAX_ROWS) => gemv_bf16::forward(x, kernel),
+        _ => linear_onednn(x, &w.packed, bias),
+    }
+}
+
+/// Whether `w` takes the row kernel for small batches (for tests and logs).
+pub fn has_row_kernel(w: &PackedWeight) -> bool {
+    w.rows.is_some()
+}
+
+/// oneDNN's packing alone, as an opaque tensor (for `gemv_bf16`'s probe and
+/// the benchmarks).
+pub fn pack_onednn(w: &Tensor, rows: i64) -> Result<Tensor, TchError> {
+    let w = w.f_contiguous()?;
+    // SAFETY: `w` is a live tensor for the whole call; the shim returns a new
+    // owned at::Tensor* or null.
+    wrap(unsafe { ffi_pack(&w, rows) })
+}
+
+/// oneDNN's product against `pack_onednn`'s tensor.
+pub fn linear_onednn(x: &Tensor, packed: &Tensor, bias: Option<&Tensor>) -> Result<Tensor, TchError> {
+    // SAFETY: as in `pack_onednn`; null stands for "no bias".
+    wrap(unsafe { ffi_linear(x, packed, bias) })
 }
 
 #[cfg(inferd_torch_shim)]
@@ -89,7 +120,7 @@ fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
     Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
 }
 
-fn last_error() -> String {
+pub(super) fn last_error() -> String {
     #[cfg(inferd_torch_shim)]
     {
         // SAFETY: the shim returns a pointer into a thread-local std::string that
@@ -186,3 +217,4 @@ mod tests {
         assert!(err.to_string().contains("packed linear"), "{err}");
     }
 }
+

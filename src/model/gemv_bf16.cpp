@@ -1,0 +1,180 @@
+// bf16 products of one or two rows against a oneDNN-packed weight, on CPUs
+// with AVX512_BF16 (Zen 4, Sapphire Rapids and later).
+//
+// At one or two rows a linear layer only streams its weight. oneDNN does that
+// well, but every call pays ~5 us of primitive lookup, descriptors and tensor
+// set-up, and it hands out outputs in blocks of 64, which leaves one of two
+// threads idle for a ninth of a 576-wide product. This kernel reads the very
+// bytes oneDNN packed (its BA16a64b2a layout: per block of 64 outputs, every
+// input pair in order, 64 outputs x 2 inputs per 256 bytes), so it costs no
+// second copy of the weights, and splits the outputs over the threads in
+// 16-wide slices (one 64-byte line of each 256-byte row).
+//
+// Each output is summed as oneDNN's bf16 brgemm sums it for two or more rows:
+// VDPBF16PS over the input pairs in order into a fresh f32 accumulator per
+// `step` inputs, each partial sum added to a running total, the total rounded
+// to bf16 to nearest even. A row then gets the same bits here as in a larger
+// batch that goes to oneDNN. The step is oneDNN's K blocking, which it picks
+// from the shapes; packed_linear.rs finds it for each weight shape by probing
+// (and keeps oneDNN for a shape where no step reproduces it).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "shim_error.h"
+
+namespace {
+
+constexpr int64_t kBlock = 64;  // outputs per oneDNN block
+constexpr int64_t kLine = 16;   // outputs per 64-byte line: the unit of work
+constexpr int64_t kLinesPerBlock = kBlock / kLine;
+
+#define INFERD_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
+struct Problem {
+    const uint32_t* x;  // rows of input pairs
+    int64_t pairs;      // input pairs per row (K / 2)
+    const __m512i* w;   // the packed weight, as 64-byte lines
+    uint16_t* y;        // [rows, n] bf16
+    int64_t n;
+    int64_t step_pairs;  // input pairs per fresh accumulator
+};
+
+// R rows against G lines; line g starts at `line[g]` (its next input pair is
+// kLinesPerBlock lines further) and fills outputs `out[g]`..+16 of each row.
+template <int R, int G>
+INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512i* const* line, const int64_t* out) {
+    __m512 total[R][G];
+    for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) total[r][g] = _mm512_setzero_ps();  // set below; quiets -Wmaybe-uninitialized
+    for (int64_t p0 = 0; p0 < pb.pairs; p0 += pb.step_pairs) {
+        const int64_t p1 = p0 + pb.step_pairs < pb.pairs ? p0 + pb.step_pairs : pb.pairs;
+        __m512 acc[R][G];
+        for (int r = 0; r < R; ++r)
+            for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
+        for (int64_t p = p0; p < p1; ++p) {
+            __m512bh wv[G];
+            for (int g = 0; g < G; ++g) wv[g] = (__m512bh)_mm512_loadu_si512(line[g] + p * kLinesPerBlock);
+            for (int r = 0; r < R; ++r) {
+                const auto pair = static_cast<int>(pb.x[(row + r) * pb.pairs + p]);
+                const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
+                for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], xv, wv[g]);
+            }
+        }
+        for (int r = 0; r < R; ++r)
+            // The first partial sum is stored, not added to zero: -0 + 0 would be +0.
+            for (int g = 0; g < G; ++g) total[r][g] = p0 == 0 ? acc[r][g] : _mm512_add_ps(total[r][g], acc[r][g]);
+    }
+    for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) {
+            const __m256bh v = _mm512_cvtneps_pbh(total[r][g]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.y + (row + r) * pb.n + out[g]), (__m256i)v);
+        }
+}
+
+template <int G>
+INFERD_BF16_TARGET void rows_of(const Problem& pb, int64_t rows, const __m512i* const* line, const int64_t* out) {
+    int64_t r = 0;
+    if constexpr (G <= 4) {
+        for (; r + 4 <= rows; r += 4) tile<4, G>(pb, r, line, out);
+        if (rows - r == 3) return tile<3, G>(pb, r, line, out);
+    }
+    for (; r + 2 <= rows; r += 2) tile<2, G>(pb, r, line, out);
+    if (r < rows) tile<1, G>(pb, r, line, out);
+}
+
+// Lines [u0, u1) (line u: outputs 16u..16u+15) for every row. One or two
+// rows take eight lines (two blocks) at a time, so that one row still has
+// eight independent accumulators; more rows take four lines at a time, four
+// rows per pass (16 accumulators), and rows past a pass re-read the group's
+// lines from L2 rather than the weight from memory.
+INFERD_BF16_TARGET void run_lines(const Problem& pb, int64_t rows, int64_t u0, int64_t u1) {
+    const int64_t block_lines = pb.pairs * kLinesPerBlock;
+    const int group = rows <= 2 ? 8 : 4;
+    while (u0 < u1) {
+        const __m512i* line[8];
+        int64_t out[8];
+        int g = 0;
+        for (; g < group && u0 < u1; ++g, ++u0) {
+            line[g] = pb.w + (u0 / kLinesPerBlock) * block_lines + u0 % kLinesPerBlock;
+            out[g] = u0 * kLine;
+        }
+        switch (g) {
+            case 8: rows_of<8>(pb, rows, line, out); break;
+            case 7: rows_of<7>(pb, rows, line, out); break;
+            case 6: rows_of<6>(pb, rows, line, out); break;
+            case 5: rows_of<5>(pb, rows, line, out); break;
+            case 4: rows_of<4>(pb, rows, line, out); break;
+            case 3: rows_of<3>(pb, rows, line, out); break;
+            case 2: rows_of<2>(pb, rows, line, out); break;
+            default: rows_of<1>(pb, rows, line, out); break;
+        }
+    }
+}
+
+int64_t int_op(const char* name, const at::Tensor& t) {
+    const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
+    TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
+    torch::jit::Stack stack;
+    stack.emplace_back(t);
+    op->callBoxed(&stack);
+    TORCH_CHECK(stack.size() == 1 && stack[0].isInt(), "operator ", name, " returned no integer");
+    return stack[0].toInt();
+}
+
+}  // namespace
+
+extern "C" {
+
+int inferd_gemv_bf16_available() {
+    return cpu_has_avx512_bf16() ? 1 : 0;
+}
+
+// The address and size of the bytes behind a oneDNN-packed weight (from
+// inferd_pack_linear_weight). 0 on success.
+int inferd_onednn_weight_bytes(const at::Tensor* w, uintptr_t* ptr, int64_t* nbytes) {
+    return inferd_shim::run([&] {
+        *ptr = static_cast<uintptr_t>(int_op("mkldnn::data_ptr", *w));
+        *nbytes = int_op("mkldnn::_nbytes", *w);
+    }) ? 0 : 1;
+}
+
+// x: bf16 [M, K], any M; w: the bytes of a bf16 [N, K] weight that oneDNN
+// packed as BA16a64b2a (N % 64 == 0, K % 16 == 0), read-only and alive for the
+// call; step: inputs per fresh accumulator (even). Returns bf16 [M, N].
+at::Tensor* inferd_gemv_bf16(const at::Tensor* x, uintptr_t w, int64_t n, int64_t k, int64_t step) {
+    return inferd_shim::new_tensor([&] {
+        TORCH_CHECK(cpu_has_avx512_bf16(), "gemv_bf16: this CPU has no AVX512_BF16");
+        TORCH_CHECK(x->dim() == 2 && x->scalar_type() == at::kBFloat16 && x->device().is_cpu(),
+                    "gemv_bf16: input must be a 2-d bf16 CPU tensor");
+        TORCH_CHECK(x->size(1) == k, "gemv_bf16: input has ", x->size(1), " features, the weight ", k);
+        TORCH_CHECK(n > 0 && n % kBlock == 0 && k > 0 && k % 16 == 0 && step > 0 && step % 2 == 0,
+                    "gemv_bf16: unsupported shape [", n, ", ", k, "] or step ", step);
+        const at::Tensor xc = x->contiguous();
+        const int64_t rows = xc.size(0);
+        at::Tensor y = at::empty({rows, n}, x->options());
+        const Problem pb{static_cast<const uint32_t*>(xc.const_data_ptr()), k / 2, reinterpret_cast<const __m512i*>(w),
+                         static_cast<uint16_t*>(y.mutable_data_ptr()), n, step / 2};
+        // Lines are the work items: each thread gets a contiguous range, balanced
+        // to one line.
+        at::parallel_for(0, n / kLine, 1, [&](int64_t u0, int64_t u1) { run_lines(pb, rows, u0, u1); });
+        return y;
+    });
+}
+
+}  // extern "C"

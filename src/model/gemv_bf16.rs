@@ -1,0 +1,265 @@
+//! Decode-sized bf16 products on the bytes oneDNN packed (`gemv_bf16.cpp`).
+//!
+//! A decode step at one or two streams multiplies one or two rows by each
+//! weight; oneDNN's per-call set-up (~5 us) then costs as much as reading a
+//! small weight, 121 times a token for SmolLM2. The kernel reads oneDNN's
+//! packed bytes directly, so it needs no second copy of the weights.
+//!
+//! Batched greedy decoding must give a sequence the same tokens alone as in a
+//! batch, so a row must get the same bits here as from oneDNN in a larger
+//! batch. The kernel sums in oneDNN's order; the one free parameter, how
+//! many inputs oneDNN sums per fresh accumulator (its K blocking, chosen
+//! from the shape), is found per weight shape by [`matching_step`]: it runs
+//! both on a probe built so that any other blocking changes the result, and
+//! on random data, at several row counts, and keeps oneDNN for a shape where
+//! no candidate reproduces every bit.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+#[cfg(inferd_torch_shim)]
+use std::ffi::c_int;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use tch::{Device, Kind, TchError, Tensor};
+
+#[cfg(inferd_torch_shim)]
+extern "C" {
+    fn inferd_gemv_bf16_available() -> c_int;
+    fn inferd_onednn_weight_bytes(w: *const c_void, ptr: *mut usize, nbytes: *mut i64) -> c_int;
+    fn inferd_gemv_bf16(x: *const c_void, w: usize, n: i64, k: i64, step: i64) -> *mut c_void;
+}
+
+/// Rows up to which the kernel takes the product. It is faster than oneDNN by
+/// oneDNN's per-call set-up up to about 48 rows and even with it from there
+/// (both then bound by VDPBF16PS throughput): SmolLM2's shapes, weights in
+/// cache, 2 threads, kernel against oneDNN: 1 row 3.0 vs 10.8 us (576x576),
+/// 17.6 vs 31.8 (3072x576); 16 rows 12.5 vs 18.9, 63.6 vs 71.0; 64 rows 46.8
+/// vs 53.5, 236.5 vs 242.5; 128 and 256 rows within 5% either way. Prefill
+/// chunks (hundreds of rows) stay with oneDNN.
+pub const MAX_ROWS: i64 = 64;
+
+/// Whether this build has the kernel and this CPU has AVX512_BF16.
+pub fn available() -> bool {
+    #[cfg(inferd_torch_shim)]
+    {
+        // SAFETY: no arguments; reads CPUID.
+        unsafe { inferd_gemv_bf16_available() == 1 }
+    }
+    #[cfg(not(inferd_torch_shim))]
+    {
+        false
+    }
+}
+
+/// Where a oneDNN-packed bf16 [n, k] weight's bytes are, and how to sum them.
+/// Valid while the packed tensor it was read from lives: `PackedWeight`
+/// holds both.
+#[derive(Debug, Clone, Copy)]
+pub struct RowKernel {
+    ptr: usize,
+    n: i64,
+    k: i64,
+    step: i64,
+}
+
+/// The kernel for `packed` (oneDNN's packing of a bf16 [n, k] weight), or None
+/// when it does not apply: no AVX512_BF16, a shape the kernel does not cover,
+/// a layout other than the one it reads, or no blocking that reproduces
+/// oneDNN's bits.
+pub fn for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, TchError> {
+    if !available() || n % 64 != 0 || k % 16 != 0 {
+        return Ok(None);
+    }
+    let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
+    Ok(matching_step(packed, n, k)?.map(|step| RowKernel { ptr, n, k, step }))
+}
+
+/// `x W^T` for x [rows, k] bf16, rows <= MAX_ROWS for speed (any count works).
+pub fn forward(x: &Tensor, w: &RowKernel) -> Result<Tensor, TchError> {
+    // SAFETY: `w.ptr` points at n*k bf16 values that the PackedWeight holding
+    // this RowKernel keeps alive and never writes; the shim checks x's shape and
+    // dtype and returns a new owned tensor or null.
+    wrap(unsafe { ffi_gemv(x, w.ptr, w.n, w.k, w.step) })
+}
+
+/// Inputs per fresh accumulator that make the kernel match oneDNN bit for bit
+/// on bf16 [n, k] weights (`packed` is one of them); found once per shape.
+fn matching_step(packed: &Tensor, n: i64, k: i64) -> Result<Option<i64>, TchError> {
+    static FOUND: OnceLock<Mutex<HashMap<(i64, i64), Option<i64>>>> = OnceLock::new();
+    let cache = FOUND.get_or_init(Default::default);
+    if let Some(found) = cache.lock().get(&(n, k)) {
+        return Ok(*found);
+    }
+    let found = probe(packed, n, k)?;
+    if found.is_none() {
+        tracing::info!(n, k, "no blocking reproduces oneDNN's bf16 sums; this shape keeps oneDNN at every row count");
+    }
+    cache.lock().insert((n, k), found);
+    Ok(found)
+}
+
+/// Try the candidate blockings at several row counts on two probes: the
+/// adversarial one below (at most 1024 outputs wide, to bound its memory),
+/// and random inputs against the weight itself (as sensitive as it is wide:
+/// a wrong blocking changes about one output in 30,000).
+fn probe(packed: &Tensor, n: i64, k: i64) -> Result<Option<i64>, TchError> {
+    let mut candidates: Vec<i64> = [512, 1024, 256, 2048, k].into_iter().filter(|s| *s <= k).collect();
+    candidates.dedup();
+    let mut rows = vec![1, 2, 3, 64];
+    if n * k <= 1 << 22 {
+        rows.push(300);
+    }
+    let most = rows.iter().copied().max().unwrap_or(1);
+    let narrow = n.min(1024);
+    let (adv_x, adv_w) = adversarial(narrow, k, most)?;
+    let adv_packed = super::packed_linear::pack_onednn(&adv_w, 16)?;
+    let Some(adv_ptr) = packed_bytes(&adv_packed, narrow, k)? else { return Ok(None) };
+    let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
+    let random_x = Tensor::f_randn([most, k], (Kind::Float, Device::Cpu))?.f_to_kind(Kind::BFloat16)?;
+    // Both packed tensors outlive every use of their pointers below.
+    let probes = [(&adv_x, &adv_packed, adv_ptr, narrow), (&random_x, packed, ptr, n)];
+    'candidates: for step in candidates {
+        for (x, packed, ptr, n) in probes {
+            for &m in &rows {
+                let xm = x.f_narrow(0, 0, m)?;
+                let want = super::packed_linear::linear_onednn(&xm, packed, None)?;
+                if !forward(&xm, &RowKernel { ptr, n, k, step })?.equal(&want) {
+                    continue 'candidates;
+                }
+            }
+        }
+        return Ok(Some(step));
+    }
+    Ok(None)
+}
+
+/// A probe on which any change of blocking changes the result: each output row
+/// holds +2^10 at one input pair and -2^10 at a later one, and 2^-15-sized
+/// values elsewhere (exact in bf16), against inputs of 1. A running f32 sum
+/// near 2^10 loses each small value added to it; a fresh accumulator started
+/// between the two large values keeps them, so how many survive into the
+/// output depends on where the blocks start.
+fn adversarial(n: i64, k: i64, rows: i64) -> Result<(Tensor, Tensor), TchError> {
+    let pairs = k / 2;
+    let mut w = vec![0f32; (n * k) as usize];
+    for (i, v) in w.iter_mut().enumerate() {
+        *v = 2f32.powi(-15) * (1.0 + (i % 8) as f32 / 8.0);
+    }
+    for row in 0..n {
+        let first = (row * 37) % (pairs - 1).max(1);
+        let span = (pairs - first - 1).max(1);
+        let last = (first + 1 + (row * 101) % span).min(pairs - 1);
+        w[(row * k + 2 * first) as usize] = 1024.0;
+        w[(row * k + 2 * last + 1) as usize] = -1024.0;
+    }
+    let w = Tensor::f_from_slice(&w)?.f_view([n, k])?.f_to_kind(Kind::BFloat16)?;
+    let x = Tensor::f_ones([rows, k], (Kind::BFloat16, Device::Cpu))?;
+    Ok((x, w))
+}
+
+/// The address of the bytes behind a oneDNN-packed bf16 [n, k] tensor, None
+/// without the shim or when they are not n*k values (BA16a64b2a has no
+/// padding at the shapes the kernel takes; other sizes mean another layout).
+fn packed_bytes(packed: &Tensor, n: i64, k: i64) -> Result<Option<usize>, TchError> {
+    #[cfg(inferd_torch_shim)]
+    {
+        let (mut ptr, mut nbytes) = (0usize, 0i64);
+        // SAFETY: `packed` is live for the call; the shim writes the two outputs
+        // or returns 1 with a message.
+        if unsafe { inferd_onednn_weight_bytes(packed.as_ptr().cast(), &mut ptr, &mut nbytes) } != 0 {
+            return Err(TchError::Torch(format!("gemv_bf16: {}", super::packed_linear::last_error())));
+        }
+        Ok((nbytes == n * k * 2).then_some(ptr))
+    }
+    #[cfg(not(inferd_torch_shim))]
+    {
+        let _ = (packed, n, k);
+        Ok(None)
+    }
+}
+
+#[cfg(inferd_torch_shim)]
+unsafe fn ffi_gemv(x: &Tensor, w: usize, n: i64, k: i64, step: i64) -> *mut c_void {
+    inferd_gemv_bf16(x.as_ptr().cast(), w, n, k, step)
+}
+
+#[cfg(not(inferd_torch_shim))]
+unsafe fn ffi_gemv(_: &Tensor, _: usize, _: i64, _: i64, _: i64) -> *mut c_void {
+    std::ptr::null_mut()
+}
+
+fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
+    if ptr.is_null() {
+        return Err(TchError::Torch(format!("gemv_bf16: {}", super::packed_linear::last_error())));
+    }
+    // SAFETY: a non-null return is a fresh `new at::Tensor` (a tch handle).
+    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::packed_linear::{linear_onednn, pack_onednn};
+
+    /// The kernel for a random bf16 weight, or None (with a note) on a CPU without AVX512_BF16.
+    fn kernel_for(w: &Tensor) -> Option<(Tensor, RowKernel)> {
+        if !available() {
+            eprintln!("no AVX512_BF16 on this CPU: the row kernel is off and oneDNN serves every row count");
+            return None;
+        }
+        let packed = pack_onednn(w, 16).unwrap();
+        let (n, k) = (w.size()[0], w.size()[1]);
+        let kernel = for_packed(&packed, n, k).unwrap().unwrap_or_else(|| panic!("no blocking reproduces oneDNN at [{n}, {k}]"));
+        Some((packed, kernel))
+    }
+
+    #[test]
+    fn a_row_gets_the_bits_onednn_gives_it_in_a_batch() {
+        tch::manual_seed(21);
+        // SmolLM2's projections (q/k/v fused, o, gate/up fused, down, LM head
+        // sliced to 4096) and a 1024-wide model's; both K blockings occur.
+        for (n, k) in [(960, 576), (576, 576), (3072, 576), (576, 1536), (4096, 576), (2048, 2048), (1024, 5632)] {
+            let w = (Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::BFloat16);
+            let Some((packed, kernel)) = kernel_for(&w) else { return };
+            let x = Tensor::randn([64, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let batch = linear_onednn(&x, &packed, None).unwrap();
+            for (start, rows) in [(0, 1), (5, 1), (63, 1), (10, 2), (0, 3), (0, 64)] {
+                let got = forward(&x.narrow(0, start, rows), &kernel).unwrap();
+                assert_eq!(got.size(), [rows, n]);
+                let want = batch.narrow(0, start, rows);
+                let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
+                assert_eq!(differ, 0, "[{n}, {k}] step {}: {differ} of {} outputs differ from oneDNN's batch of 64", kernel.step, rows * n);
+            }
+        }
+    }
+
+    #[test]
+    fn the_probe_tells_the_blockings_apart() {
+        // If every candidate passed the probe, it could not catch a wrong one.
+        if !available() {
+            eprintln!("no AVX512_BF16 on this CPU: nothing to probe");
+            return;
+        }
+        let (n, k) = (128, 2048);
+        let (x, w) = adversarial(n, k, 2).unwrap();
+        let packed = pack_onednn(&w, 16).unwrap();
+        let ptr = packed_bytes(&packed, n, k).unwrap().expect("BA16a64b2a bytes");
+        let outs: Vec<Tensor> = [512, 1024, 2048].iter().map(|&step| forward(&x, &RowKernel { ptr, n, k, step }).unwrap()).collect();
+        for (a, b) in [(0, 1), (1, 2), (0, 2)] {
+            let differ = outs[a].ne_tensor(&outs[b]).sum(Kind::Int64).int64_value(&[]);
+            // Most rows have a block start between their two large values.
+            assert!(differ * 2 > n, "blockings {a} and {b} differ in only {differ} of {n} outputs");
+        }
+    }
+
+    #[test]
+    fn a_bad_input_is_an_error_not_an_abort() {
+        let w = (Tensor::randn([64, 32], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::BFloat16);
+        let Some((_packed, kernel)) = kernel_for(&w) else { return };
+        let err = forward(&Tensor::ones([1, 48], (Kind::BFloat16, Device::Cpu)), &kernel).unwrap_err();
+        assert!(err.to_string().contains("48 features"), "{err}");
+        let err = forward(&Tensor::ones([1, 32], (Kind::Float, Device::Cpu)), &kernel).unwrap_err();
+        assert!(err.to_string().contains("bf16"), "{err}");
+    }
+}
