@@ -11,6 +11,7 @@
 //! It also compiles small C++ shims against libtorch's headers and sets
 //! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
 //! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
+//! `src/model/gemv_bf16.cpp` (decode-row bf16 products on those packed bytes),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
 //! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU)
 //! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).

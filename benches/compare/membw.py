@@ -1,9 +1,13 @@
 """Machine facts for the comparison: CPU, memory bandwidth, weight bytes.
 
-Memory bandwidth is measured with numpy on a 512 MiB array (far beyond any
-cache): copy (bytes read + bytes written per second) and read (a max-reduce), each
-with 1 thread and with one thread per core (numpy releases the GIL in both).
-The highest figure is the one the one-stream bounds use.
+Memory bandwidth is measured on a 512 MiB array (far beyond any cache): copy
+(numpy; bytes read + bytes written per second) and read (numpy's max-reduce,
+and torch's sum, whose AVX-512 loop streams faster), each with 1 thread and
+with one thread per core. The highest figure is the one the one-stream
+bounds use. `--again` measures once more into an existing machine.json (run.sh
+does so right after inferd's one-stream run, since this VM's bandwidth drifts
+by 20% within minutes) and the bounds then use the highest figure of all
+samples.
 
 A decode step of one stream reads every weight once (SmolLM2's embedding is
 tied to the LM head, so the whole table is read too), so
@@ -62,6 +66,15 @@ def bandwidth(size_mib=512):
     ) / 1e9
     out["read_1t_gbs"] = nbytes / best_time(lambda: src.max()) / 1e9
     out[f"read_{cores}t_gbs"] = nbytes / best_time(threaded(halves, lambda p: src[p[0] : p[1]].max())) / 1e9
+    try:
+        import torch
+
+        t = torch.from_numpy(src)
+        for threads in sorted({1, cores}):
+            torch.set_num_threads(threads)
+            out[f"read_torch_{threads}t_gbs"] = nbytes / best_time(lambda: t.sum()) / 1e9
+    except ImportError:
+        pass
     out = {k: round(v, 2) for k, v in out.items()}
     out["array_mib"] = size_mib
     return out
@@ -106,27 +119,54 @@ def cpu():
     return info
 
 
+def best_gbs(bw):
+    return max(v for k, v in bw.items() if k.endswith("_gbs") and k != "used_gbs")
+
+
+def bounds(used, w):
+    return {
+        "f32": round(used * 1e9 / w["f32_bytes"], 1),
+        "bf16": round(used * 1e9 / w["bf16_bytes"], 1),
+        "q4_1": round(used * 1e9 / w["gguf_bytes"], 1),
+    }
+
+
+def again(path, size_mib):
+    """Measure once more; the bounds use the highest figure of every sample."""
+    with open(path) as f:
+        doc = json.load(f)
+    bw = dict(bandwidth(size_mib), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    doc.setdefault("bandwidth_again", []).append(bw)
+    used = max([best_gbs(doc["bandwidth"])] + [best_gbs(b) for b in doc["bandwidth_again"]])
+    doc["bandwidth"]["used_gbs"] = used
+    doc["one_stream_bound_tok_s"] = bounds(used, doc["weights"])
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(json.dumps({"bandwidth_again": bw, "one_stream_bound_tok_s": doc["one_stream_bound_tok_s"]}))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gguf", required=True)
+    ap.add_argument("--gguf")
     ap.add_argument("--out", required=True)
     ap.add_argument("--size-mib", type=int, default=512)
+    ap.add_argument("--again", action="store_true", help="add a bandwidth sample to an existing --out")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value facts to record")
     a = ap.parse_args()
+    if a.again:
+        return again(a.out, a.size_mib)
+    if not a.gguf:
+        ap.error("--gguf is required")
 
     bw = bandwidth(a.size_mib)
-    used = max(v for k, v in bw.items() if k.endswith("_gbs"))
+    used = best_gbs(bw)
     w = weights(a.gguf)
     doc = {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "cpu": cpu(),
         "bandwidth": dict(bw, used_gbs=used),
         "weights": w,
-        "one_stream_bound_tok_s": {
-            "f32": round(used * 1e9 / w["f32_bytes"], 1),
-            "bf16": round(used * 1e9 / w["bf16_bytes"], 1),
-            "q4_1": round(used * 1e9 / w["gguf_bytes"], 1),
-        },
+        "one_stream_bound_tok_s": bounds(used, w),
     }
     for kv in a.set:
         k, _, v = kv.partition("=")

@@ -245,6 +245,11 @@ if [[ ",$workloads," == *",sweep,"* ]]; then
       bench "$out/$peer/c$c" "$peer c=$c" "$c" --concurrency "$c" --num-requests "$n" \
         --input-len "$IN" --output-len "$OUTLEN"
       stop_server
+      if [[ $peer == inferd && $c == 1 ]]; then
+        # The one-stream bound wants the bandwidth of the same minutes.
+        log "memory bandwidth again, right after inferd's one-stream run"
+        "$CACHE/venv/bin/python" benches/compare/membw.py --again --out "$out/machine.json"
+      fi
     done
   done
 fi

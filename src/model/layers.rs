@@ -53,7 +53,8 @@ pub struct Linear {
 /// the batch, which keeps f32 greedy outputs batch-invariant. In bf16 and f16
 /// the GEMM is oneDNN's, which re-lays a plain weight out on every call;
 /// packing it once is 1.4-2.5x faster (see `packed_linear`) and still gives
-/// the same bits per row whatever the batch. On CUDA, cuBLAS reads either
+/// the same bits per row whatever the batch; in bf16 with AVX512_BF16 the
+/// decode-sized products read the packed bytes with `gemv_bf16`'s kernel. On CUDA, cuBLAS reads either
 /// layout at the same speed, so W stays as loaded and costs no copy.
 #[derive(Debug)]
 enum WeightForm {
