@@ -72,7 +72,38 @@ pub fn for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, 
         return Ok(None);
     }
     let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
-    Ok(matching_step(packed, n, k)?.map(|step| RowKernel { ptr, n, k, step }))
+    let Some(step) = matching_step(packed, n, k)? else { return Ok(None) };
+    huge_pages(ptr, (n * k * 2) as usize);
+    Ok(Some(RowKernel { ptr, n, k, step }))
+}
+
+/// Ask Linux to back `len` bytes at `ptr` (and the rest of the 2 MiB pages
+/// they touch) with transparent huge pages, now. Streaming a weight through
+/// 4 KiB pages costs a page walk every 4 KiB: 2 MiB pages read a 453 MB
+/// weight 7% faster (68.6 -> 73.4 GB/s, this 2-core Zen 4). Best effort: with
+/// THP off, or no memory to compact, the pages stay as they are.
+fn huge_pages(ptr: usize, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn madvise(addr: *mut c_void, len: usize, advice: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const MADV_HUGEPAGE: std::ffi::c_int = 14;
+        const MADV_COLLAPSE: std::ffi::c_int = 25; // Linux 6.1
+        const HUGE: usize = 2 << 20;
+        let start = ptr & !(HUGE - 1);
+        let end = (ptr + len + HUGE - 1) & !(HUGE - 1);
+        // SAFETY: both advices only change how the kernel maps these pages (the
+        // heap's own, rounded out to 2 MiB); contents and addresses stay as they are.
+        unsafe {
+            madvise(start as *mut c_void, end - start, MADV_HUGEPAGE);
+            if madvise(start as *mut c_void, end - start, MADV_COLLAPSE) != 0 {
+                tracing::debug!(error = %std::io::Error::last_os_error(), "weight pages not collapsed to huge pages");
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
 }
 
 /// `x W^T` for x [rows, k] bf16, rows <= MAX_ROWS for speed (any count works).
