@@ -26,6 +26,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "shim_error.h"
 
@@ -47,7 +48,7 @@ bool cpu_has_avx512_bf16() {
 }
 
 struct Problem {
-    const uint32_t* x;  // rows of input pairs
+    const uint16_t* x;  // rows of bf16 inputs
     int64_t pairs;      // input pairs per row (K / 2)
     const __m512i* w;   // the packed weight, as 64-byte lines
     uint16_t* y;        // [rows, n] bf16
@@ -71,7 +72,8 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512
             __m512bh wv[G];
             for (int g = 0; g < G; ++g) wv[g] = (__m512bh)_mm512_loadu_si512(line[g] + p * kLinesPerBlock);
             for (int r = 0; r < R; ++r) {
-                const auto pair = static_cast<int>(pb.x[(row + r) * pb.pairs + p]);
+                int pair;  // two bf16 inputs, read as one 32-bit lane
+                std::memcpy(&pair, pb.x + 2 * ((row + r) * pb.pairs + p), sizeof pair);
                 const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
                 for (int g = 0; g < G; ++g) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], xv, wv[g]);
             }
@@ -168,7 +170,7 @@ at::Tensor* inferd_gemv_bf16(const at::Tensor* x, uintptr_t w, int64_t n, int64_
         const at::Tensor xc = x->contiguous();
         const int64_t rows = xc.size(0);
         at::Tensor y = at::empty({rows, n}, x->options());
-        const Problem pb{static_cast<const uint32_t*>(xc.const_data_ptr()), k / 2, reinterpret_cast<const __m512i*>(w),
+        const Problem pb{static_cast<const uint16_t*>(xc.const_data_ptr()), k / 2, reinterpret_cast<const __m512i*>(w),
                          static_cast<uint16_t*>(y.mutable_data_ptr()), n, step / 2};
         // Lines are the work items: each thread gets a contiguous range, balanced
         // to one line.

@@ -53,10 +53,10 @@ pub fn available() -> bool {
 }
 
 /// Where a oneDNN-packed bf16 [n, k] weight's bytes are, and how to sum them.
-/// Valid while the packed tensor it was read from lives: `PackedWeight`
-/// holds both.
-#[derive(Debug, Clone, Copy)]
+/// Holds a handle to the packed tensor, so the bytes live as long as it does.
+#[derive(Debug)]
 pub struct RowKernel {
+    _packed: Tensor,
     ptr: usize,
     n: i64,
     k: i64,
@@ -74,43 +74,64 @@ pub fn for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, 
     let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
     let Some(step) = matching_step(packed, n, k)? else { return Ok(None) };
     huge_pages(ptr, (n * k * 2) as usize);
-    Ok(Some(RowKernel { ptr, n, k, step }))
+    Ok(Some(RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step }))
 }
 
 /// Ask Linux to back `len` bytes at `ptr` (and the rest of the 2 MiB pages
-/// they touch) with transparent huge pages, now. Streaming a weight through
-/// 4 KiB pages costs a page walk every 4 KiB: 2 MiB pages read a 453 MB
-/// weight 7% faster (68.6 -> 73.4 GB/s, this 2-core Zen 4). Best effort: with
-/// THP off, or no memory to compact, the pages stay as they are.
+/// they touch) with transparent huge pages. Streaming a weight through 4 KiB
+/// pages costs a page walk every 4 KiB: 2 MiB pages read a 453 MB weight 7%
+/// faster (68.6 -> 73.4 GB/s, this 2-core Zen 4). Collapsing runs at about
+/// 0.5 GB/s, so a background thread does it and loading does not wait; the
+/// kernel reads the same bytes before, during and after. Best effort: with
+/// THP off, or no memory to compact, or the weight already freed, the pages
+/// stay as they are.
 fn huge_pages(ptr: usize, len: usize) {
     #[cfg(target_os = "linux")]
     {
-        extern "C" {
-            fn madvise(addr: *mut c_void, len: usize, advice: std::ffi::c_int) -> std::ffi::c_int;
-        }
-        const MADV_HUGEPAGE: std::ffi::c_int = 14;
-        const MADV_COLLAPSE: std::ffi::c_int = 25; // Linux 6.1
-        const HUGE: usize = 2 << 20;
-        let start = ptr & !(HUGE - 1);
-        let end = (ptr + len + HUGE - 1) & !(HUGE - 1);
-        // SAFETY: both advices only change how the kernel maps these pages (the
-        // heap's own, rounded out to 2 MiB); contents and addresses stay as they are.
-        unsafe {
-            madvise(start as *mut c_void, end - start, MADV_HUGEPAGE);
-            if madvise(start as *mut c_void, end - start, MADV_COLLAPSE) != 0 {
-                tracing::debug!(error = %std::io::Error::last_os_error(), "weight pages not collapsed to huge pages");
-            }
+        static QUEUE: OnceLock<Option<std::sync::mpsc::Sender<(usize, usize)>>> = OnceLock::new();
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
+            let spawned = std::thread::Builder::new().name("inferd-thp".into()).spawn(move || {
+                for (ptr, len) in rx {
+                    collapse(ptr, len);
+                }
+            });
+            spawned.ok().map(|_| tx)
+        });
+        if let Some(tx) = queue {
+            let _ = tx.send((ptr, len));
         }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (ptr, len);
 }
 
+#[cfg(target_os = "linux")]
+fn collapse(ptr: usize, len: usize) {
+    extern "C" {
+        fn madvise(addr: *mut c_void, len: usize, advice: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const MADV_HUGEPAGE: std::ffi::c_int = 14;
+    const MADV_COLLAPSE: std::ffi::c_int = 25; // Linux 6.1
+    const HUGE: usize = 2 << 20;
+    let start = ptr & !(HUGE - 1);
+    let end = (ptr + len + HUGE - 1) & !(HUGE - 1);
+    // SAFETY: both advices only change how the kernel maps these pages (the
+    // heap's own, rounded out to 2 MiB); contents and addresses stay as they
+    // are, and a range no longer mapped is an error return, not a fault.
+    unsafe {
+        madvise(start as *mut c_void, end - start, MADV_HUGEPAGE);
+        if madvise(start as *mut c_void, end - start, MADV_COLLAPSE) != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "weight pages not collapsed to huge pages");
+        }
+    }
+}
+
 /// `x W^T` for x [rows, k] bf16, rows <= MAX_ROWS for speed (any count works).
 pub fn forward(x: &Tensor, w: &RowKernel) -> Result<Tensor, TchError> {
-    // SAFETY: `w.ptr` points at n*k bf16 values that the PackedWeight holding
-    // this RowKernel keeps alive and never writes; the shim checks x's shape and
-    // dtype and returns a new owned tensor or null.
+    // SAFETY: `w.ptr` points at the n*k bf16 values of `w._packed`, which `w`
+    // keeps alive and nothing writes; the shim checks x's shape and dtype and
+    // returns a new owned tensor or null.
     wrap(unsafe { ffi_gemv(x, w.ptr, w.n, w.k, w.step) })
 }
 
@@ -148,14 +169,13 @@ fn probe(packed: &Tensor, n: i64, k: i64) -> Result<Option<i64>, TchError> {
     let Some(adv_ptr) = packed_bytes(&adv_packed, narrow, k)? else { return Ok(None) };
     let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
     let random_x = Tensor::f_randn([most, k], (Kind::Float, Device::Cpu))?.f_to_kind(Kind::BFloat16)?;
-    // Both packed tensors outlive every use of their pointers below.
     let probes = [(&adv_x, &adv_packed, adv_ptr, narrow), (&random_x, packed, ptr, n)];
     'candidates: for step in candidates {
         for (x, packed, ptr, n) in probes {
             for &m in &rows {
                 let xm = x.f_narrow(0, 0, m)?;
                 let want = super::packed_linear::linear_onednn(&xm, packed, None)?;
-                if !forward(&xm, &RowKernel { ptr, n, k, step })?.equal(&want) {
+                if !forward(&xm, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step })?.equal(&want) {
                     continue 'candidates;
                 }
             }
@@ -276,7 +296,8 @@ mod tests {
         let (x, w) = adversarial(n, k, 2).unwrap();
         let packed = pack_onednn(&w, 16).unwrap();
         let ptr = packed_bytes(&packed, n, k).unwrap().expect("BA16a64b2a bytes");
-        let outs: Vec<Tensor> = [512, 1024, 2048].iter().map(|&step| forward(&x, &RowKernel { ptr, n, k, step }).unwrap()).collect();
+        let outs: Vec<Tensor> =
+            [512, 1024, 2048].iter().map(|&step| forward(&x, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step }).unwrap()).collect();
         for (a, b) in [(0, 1), (1, 2), (0, 2)] {
             let differ = outs[a].ne_tensor(&outs[b]).sum(Kind::Int64).int64_value(&[]);
             // Most rows have a block start between their two large values.
