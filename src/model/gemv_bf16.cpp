@@ -1,7 +1,7 @@
-// bf16 products of one or two rows against a oneDNN-packed weight, on CPUs
-// with AVX512_BF16 (Zen 4, Sapphire Rapids and later).
+// bf16 products of a decode step's few rows against a oneDNN-packed weight,
+// on CPUs with AVX512_BF16 (Zen 4, Sapphire Rapids and later).
 //
-// At one or two rows a linear layer only streams its weight. oneDNN does that
+// At a few rows a linear layer mostly streams its weight. oneDNN does that
 // well, but every call pays ~5 us of primitive lookup, descriptors and tensor
 // set-up, and it hands out outputs in blocks of 64, which leaves one of two
 // threads idle for a ninth of a 576-wide product. This kernel reads the very
@@ -15,7 +15,7 @@
 // `step` inputs, each partial sum added to a running total, the total rounded
 // to bf16 to nearest even. A row then gets the same bits here as in a larger
 // batch that goes to oneDNN. The step is oneDNN's K blocking, which it picks
-// from the shapes; packed_linear.rs finds it for each weight shape by probing
+// from the shapes; gemv_bf16.rs finds it for each weight shape by probing
 // (and keeps oneDNN for a shape where no step reproduces it).
 
 #include <ATen/ATen.h>

@@ -1,8 +1,8 @@
 //! Decode-sized bf16 products on the bytes oneDNN packed (`gemv_bf16.cpp`).
 //!
-//! A decode step at one or two streams multiplies one or two rows by each
+//! A decode step multiplies a few rows (one per running sequence) by each
 //! weight; oneDNN's per-call set-up (~5 us) then costs as much as reading a
-//! small weight, 121 times a token for SmolLM2. The kernel reads oneDNN's
+//! small weight, 121 times a step for SmolLM2. The kernel reads oneDNN's
 //! packed bytes directly, so it needs no second copy of the weights.
 //!
 //! Batched greedy decoding must give a sequence the same tokens alone as in a
