@@ -50,7 +50,7 @@ fn compile_shims(torch: &Path) {
         "src/model/decode_attention.cpp",
         "src/model/inference_mode.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

@@ -20,14 +20,13 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 
 #include <immintrin.h>
 
 #include <cstdint>
 #include <cstring>
 
+#include "boxed_op.h"
 #include "shim_error.h"
 
 namespace {
@@ -129,16 +128,6 @@ INFERD_BF16_TARGET void run_lines(const Problem& pb, int64_t rows, int64_t u0, i
     }
 }
 
-int64_t int_op(const char* name, const at::Tensor& t) {
-    const auto op = c10::Dispatcher::singleton().findSchema({name, ""});
-    TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
-    torch::jit::Stack stack;
-    stack.emplace_back(t);
-    op->callBoxed(&stack);
-    TORCH_CHECK(stack.size() == 1 && stack[0].isInt(), "operator ", name, " returned no integer");
-    return stack[0].toInt();
-}
-
 }  // namespace
 
 extern "C" {
@@ -151,8 +140,10 @@ int inferd_gemv_bf16_available() {
 // inferd_pack_linear_weight). 0 on success.
 int inferd_onednn_weight_bytes(const at::Tensor* w, uintptr_t* ptr, int64_t* nbytes) {
     return inferd_shim::run([&] {
-        *ptr = static_cast<uintptr_t>(int_op("mkldnn::data_ptr", *w));
-        *nbytes = int_op("mkldnn::_nbytes", *w);
+        // Load time only (once per weight), so looked up on each call.
+        *ptr = static_cast<uintptr_t>(
+            inferd_shim::call_int(inferd_shim::find_op("mkldnn::data_ptr"), "mkldnn::data_ptr", {*w}));
+        *nbytes = inferd_shim::call_int(inferd_shim::find_op("mkldnn::_nbytes"), "mkldnn::_nbytes", {*w});
     }) ? 0 : 1;
 }
 

@@ -10,9 +10,8 @@
 // `C_tensor` handles are; a returned pointer is owned by the caller.
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/stack.h>
 
+#include "boxed_op.h"
 #include "shim_error.h"
 
 #include <cstring>
@@ -21,9 +20,8 @@
 
 namespace {
 
-std::optional<c10::OperatorHandle> find_op(const char* name) {
-    return c10::Dispatcher::singleton().findSchema({name, ""});
-}
+using inferd_shim::call_tensor;
+using inferd_shim::find_op;
 
 // Looked up once: findSchema takes the dispatcher's lock, and a handle stays
 // valid for the life of the process (libtorch_cpu's ops are never removed).
@@ -35,13 +33,6 @@ const std::optional<c10::OperatorHandle>& reorder_op() {
 const std::optional<c10::OperatorHandle>& linear_op() {
     static const std::optional<c10::OperatorHandle> op = find_op("mkldnn::_linear_pointwise");
     return op;
-}
-
-at::Tensor call_one(const std::optional<c10::OperatorHandle>& op, const char* name, torch::jit::Stack stack) {
-    TORCH_CHECK(op.has_value(), "operator ", name, " is not registered in this libtorch");
-    op->callBoxed(&stack);
-    TORCH_CHECK(stack.size() == 1 && stack[0].isTensor(), "operator ", name, " returned no tensor");
-    return stack[0].toTensor();
 }
 
 }  // namespace
@@ -66,7 +57,7 @@ at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
         torch::jit::Stack stack;
         stack.emplace_back(*w);
         stack.emplace_back(batch);
-        return call_one(reorder_op(), "mkldnn::_reorder_linear_weight", std::move(stack));
+        return call_tensor(reorder_op(), "mkldnn::_reorder_linear_weight", std::move(stack));
     });
 }
 
@@ -98,7 +89,7 @@ at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const
         stack.emplace_back(std::string("none"));
         stack.emplace_back(c10::impl::GenericList(c10::OptionalType::create(c10::NumberType::get())));
         stack.emplace_back(std::string(""));
-        at::Tensor y = call_one(linear_op(), "mkldnn::_linear_pointwise", std::move(stack));
+        at::Tensor y = call_tensor(linear_op(), "mkldnn::_linear_pointwise", std::move(stack));
         // The first row of a contiguous [2, out]: itself contiguous.
         return one_row ? y.narrow(0, 0, 1) : y;
     });
