@@ -43,14 +43,15 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 5] = [
+    const SRCS: [&str; 6] = [
         "src/model/packed_linear.cpp",
+        "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
         "src/model/inference_mode.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

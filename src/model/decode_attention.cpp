@@ -13,12 +13,14 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "cpu_pool.h"
 
 namespace {
 
@@ -274,14 +276,25 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
             const int64_t qs = q->stride(0);
             const int64_t group = heads / kvh, rec = kvh * d;
             // One item per (sequence, head); each writes its own row of out.
-            at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
-                std::vector<float> buf;
-                for (int64_t item = begin; item < end; ++item) {
-                    const int64_t i = item / heads, h = item % heads;
-                    attend_head<T>(qp + i * qs + h * d, d, kp, vp, (h / group) * d, rec, tab + i * nb, block_size,
-                                   lens[i], sc, op + item * d, buf);
-                }
-            });
+            auto one = [&](int64_t item, std::vector<float>& buf) {
+                const int64_t i = item / heads, h = item % heads;
+                attend_head<T>(qp + i * qs + h * d, d, kp, vp, (h / group) * d, rec, tab + i * nb, block_size, lens[i],
+                               sc, op + item * d, buf);
+            };
+            if (inferd_pool::active()) {
+                // Threads take items one at a time (contexts differ in length).
+                std::atomic<int64_t> next{0};
+                auto body = [&](int, int) {
+                    std::vector<float> buf;
+                    for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < n * heads;) one(item, buf);
+                };
+                inferd_pool::run(body);
+            } else {
+                at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
+                    std::vector<float> buf;
+                    for (int64_t item = begin; item < end; ++item) one(item, buf);
+                });
+            }
         });
         return out;
     });

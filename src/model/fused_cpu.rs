@@ -274,6 +274,12 @@ mod tests {
         let (tab, ctx) = (Tensor::from_slice(&tables), Tensor::from_slice(&lens));
         let got = decode_attention(&q, &k_pool, &v_pool, &tab, &ctx, scale).unwrap();
         assert_eq!(got.size(), [n, heads, d]);
+        // The decode pool's threads give the same bits as libtorch's.
+        let pooled = {
+            let _pool = crate::model::cpu_pool::PoolScope::enter();
+            decode_attention(&q, &k_pool, &v_pool, &tab, &ctx, scale).unwrap()
+        };
+        assert!(pooled.equal(&got), "{kind:?} d={d}: the decode pool's result differs");
         for (i, &len) in lens.iter().enumerate() {
             let rows = tab.narrow(0, i as i64 * nb, nb);
             let keys = |pool: &Tensor| pool.index_select(0, &rows).view([-1, kv, d]).narrow(0, 0, len).transpose(0, 1).unsqueeze(0);

@@ -17,16 +17,26 @@
 // batch that goes to oneDNN. The step is oneDNN's K blocking, which it picks
 // from the shapes; gemv_bf16.rs finds it for each weight shape by probing
 // (and keeps oneDNN for a shape where no step reproduces it).
+//
+// Inside a decode-pool scope (cpu_pool.h) a product runs on the pool: each
+// thread owns a contiguous run of 64-output blocks, takes chunks of it from
+// the front and then others' from the back, and a worker, once done, streams
+// the start of its run of the next product's weight into its cache. Elsewhere
+// the outputs are split over libtorch's threads. Bits do not depend on which.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <unordered_map>
 
 #include "boxed_op.h"
+#include "cpu_pool.h"
 #include "shim_error.h"
 
 namespace {
@@ -128,6 +138,107 @@ INFERD_BF16_TARGET void run_lines(const Problem& pb, int64_t rows, int64_t u0, i
     }
 }
 
+// A weight as the kernel sees it: packed bytes and shape.
+struct Weight {
+    uintptr_t bytes = 0;
+    int64_t n = 0, k = 0;
+    int64_t block_bytes() const { return k / 2 * 256; }
+};
+
+// Chunks of `chunk` lines are the unit of work; thread t of `threads` owns
+// chunks [t*C/threads, (t+1)*C/threads). A chunk is whole 64-output blocks,
+// so a thread's chunks are one contiguous run of the packed bytes.
+struct Split {
+    int64_t lines, chunk, chunks;
+    Split(int64_t n, int64_t rows) : lines(n / kLine), chunk(rows <= 2 ? 8 : 4), chunks((lines + chunk - 1) / chunk) {}
+    int64_t first(int t, int threads) const { return chunks * t / threads; }
+};
+
+// Bytes a worker prefetches for its part of the next product: about what
+// streams in while the caller does a layer's element-wise work, and well
+// inside a core's L2.
+constexpr int64_t kPrefetchBytes = 512 * 1024;
+
+// The weight each weight was followed by last time on this thread (an engine
+// thread runs the same products in the same order every step). Only used for
+// prefetch hints, so a stale entry costs nothing but a useless prefetch.
+struct Successors {
+    std::unordered_map<uintptr_t, Weight> next;
+    uintptr_t last = 0;
+    Weight after(const Weight& w) {
+        if (last != 0 && last != w.bytes) {
+            if (next.size() > 4096) next.clear();  // weights of models since unloaded
+            next[last] = w;
+        }
+        last = w.bytes;
+        auto it = next.find(w.bytes);
+        return it == next.end() ? Weight{} : it->second;
+    }
+};
+thread_local Successors successors;
+
+constexpr int kMaxThreads = 64;
+
+// One product split over the pool. A thread works through its own chunks
+// from the front, then takes the others' from the back: each range is
+// (front << 32 | back) in one atomic word, so a chunk is claimed exactly once.
+struct LinesJob {
+    const Problem* pb;
+    int64_t rows;
+    Split split;
+    Weight next;
+    int threads;
+    struct alignas(64) Range {
+        std::atomic<uint64_t> v;
+    };
+    Range ranges[kMaxThreads];
+
+    LinesJob(const Problem* pb, int64_t rows, Weight next, int threads)
+        : pb(pb), rows(rows), split(pb->n, rows), next(next), threads(threads < kMaxThreads ? threads : kMaxThreads) {
+        for (int t = 0; t < this->threads; ++t) {
+            const uint64_t lo = split.first(t, this->threads), hi = split.first(t + 1, this->threads);
+            ranges[t].v.store(lo << 32 | hi, std::memory_order_relaxed);
+        }
+    }
+
+    INFERD_BF16_TARGET void chunk(int64_t c) const {
+        const int64_t u0 = c * split.chunk, u1 = u0 + split.chunk < split.lines ? u0 + split.chunk : split.lines;
+        run_lines(*pb, rows, u0, u1);
+    }
+
+    // Claims one chunk from the front (own range) or the back (another's).
+    static bool claim(std::atomic<uint64_t>& range, bool front, int64_t* c) {
+        uint64_t v = range.load(std::memory_order_relaxed);
+        for (;;) {
+            const uint64_t lo = v >> 32, hi = v & 0xffffffffu;
+            if (lo >= hi) return false;
+            const uint64_t want = front ? (lo + 1) << 32 | hi : lo << 32 | (hi - 1);
+            if (range.compare_exchange_weak(v, want, std::memory_order_relaxed)) {
+                *c = static_cast<int64_t>(front ? lo : hi - 1);
+                return true;
+            }
+        }
+    }
+
+    void operator()(int t, int /*running*/) {
+        if (t >= threads) return;
+        int64_t c;
+        while (claim(ranges[t].v, true, &c)) chunk(c);
+        for (int i = 1; i < threads; ++i)
+            while (claim(ranges[(t + i) % threads].v, false, &c)) chunk(c);
+        if (next.bytes != 0 && t > 0) {
+            const Split s(next.n, rows);
+            const int64_t b0 = s.first(t, threads) * s.chunk / kLinesPerBlock;
+            const int64_t b1 = std::min(s.first(t + 1, threads) * s.chunk / kLinesPerBlock, next.n / kBlock);
+            const int64_t bytes = (b1 - b0) * next.block_bytes();
+            const char* begin = reinterpret_cast<const char*>(next.bytes) + b0 * next.block_bytes();
+            inferd_pool::prefetch_after(begin, begin + (bytes < kPrefetchBytes ? bytes : kPrefetchBytes));
+        } else {
+            inferd_pool::prefetch_after(nullptr, nullptr);
+        }
+    }
+};
+
 }  // namespace
 
 extern "C" {
@@ -163,9 +274,14 @@ at::Tensor* inferd_gemv_bf16(const at::Tensor* x, uintptr_t w, int64_t n, int64_
         at::Tensor y = at::empty({rows, n}, x->options());
         const Problem pb{static_cast<const uint16_t*>(xc.const_data_ptr()), k / 2, reinterpret_cast<const __m512i*>(w),
                          static_cast<uint16_t*>(y.mutable_data_ptr()), n, step / 2};
-        // Lines are the work items: each thread gets a contiguous range, balanced
-        // to one line.
-        at::parallel_for(0, n / kLine, 1, [&](int64_t u0, int64_t u1) { run_lines(pb, rows, u0, u1); });
+        if (inferd_pool::active()) {
+            LinesJob job(&pb, rows, successors.after(Weight{w, n, k}), inferd_pool::threads());
+            inferd_pool::run(job);
+        } else {
+            // Lines are the work items: each thread gets a contiguous range,
+            // balanced to one line.
+            at::parallel_for(0, n / kLine, 1, [&](int64_t u0, int64_t u1) { run_lines(pb, rows, u0, u1); });
+        }
         return y;
     });
 }

@@ -276,12 +276,57 @@ mod tests {
             let x = Tensor::randn([64, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
             let batch = linear_onednn(&x, &packed, None).unwrap();
             for (start, rows) in [(0, 1), (5, 1), (63, 1), (10, 2), (0, 3), (0, 64)] {
-                let got = forward(&x.narrow(0, start, rows), &kernel).unwrap();
-                assert_eq!(got.size(), [rows, n]);
-                let want = batch.narrow(0, start, rows);
-                let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
-                assert_eq!(differ, 0, "[{n}, {k}] step {}: {differ} of {} outputs differ from oneDNN's batch of 64", kernel.step, rows * n);
+                // On libtorch's threads, then on the decode pool's.
+                for pooled in [false, true] {
+                    let _pool = pooled.then(crate::model::cpu_pool::PoolScope::enter);
+                    let got = forward(&x.narrow(0, start, rows), &kernel).unwrap();
+                    assert_eq!(got.size(), [rows, n]);
+                    let want = batch.narrow(0, start, rows);
+                    let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
+                    assert_eq!(differ, 0, "[{n}, {k}] step {} pool {pooled}: {differ} of {} outputs differ from oneDNN's batch of 64", kernel.step, rows * n);
+                }
             }
+        }
+    }
+
+    #[test]
+    fn two_threads_in_the_pool_at_once_get_the_same_bits() {
+        // One holds the pool's workers and the other runs its products alone;
+        // both must see exactly oneDNN's bits, loop after loop, while a
+        // successor (prefetch) chain forms on each thread.
+        tch::manual_seed(22);
+        let ws: Vec<Tensor> = [(960, 576), (576, 576), (3072, 576)]
+            .iter()
+            .map(|&(n, k)| (Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::BFloat16))
+            .collect();
+        if !available() {
+            eprintln!("no AVX512_BF16 on this CPU: the row kernel is off");
+            return;
+        }
+        let x = Tensor::randn([4, 576], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+        // Tensors move between threads but are not shared: each thread packs its own copies.
+        let inputs: Vec<(Vec<Tensor>, Tensor)> = (0..2).map(|_| (ws.iter().map(Tensor::copy).collect(), x.copy())).collect();
+        let threads: Vec<_> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(t, (ws, x))| {
+                std::thread::spawn(move || {
+                    let _g = tch::no_grad_guard();
+                    let kernels: Vec<(Tensor, RowKernel)> = ws.iter().map(|w| kernel_for(w).unwrap()).collect();
+                    let want: Vec<Tensor> = kernels.iter().map(|(packed, _)| linear_onednn(&x, packed, None).unwrap()).collect();
+                    let _pool = crate::model::cpu_pool::PoolScope::enter();
+                    for i in 0..60 {
+                        let rows = 1 + (i + t as i64) % 4;
+                        for ((_, kernel), want) in kernels.iter().zip(&want) {
+                            let got = forward(&x.narrow(0, 0, rows), kernel).unwrap();
+                            assert!(got.equal(&want.narrow(0, 0, rows)), "thread {t} loop {i}: {rows} rows differ from oneDNN");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
         }
     }
 

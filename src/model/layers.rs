@@ -110,6 +110,15 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// Rows up to which `forward` runs on the row kernel (`gemv_bf16`); 0 when
+    /// it never does (no kernel for this weight, or a bias).
+    pub fn row_kernel_rows(&self) -> i64 {
+        match (&self.weight, &self.bias) {
+            (WeightForm::Packed(p), None) => p.row_kernel_rows(),
+            _ => 0,
+        }
+    }
+
     /// x: [T, in] -> [T, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         match (&self.weight, &self.bias) {

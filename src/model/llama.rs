@@ -120,6 +120,13 @@ impl Llama {
         }
     }
 
+    /// Steps of up to this many tokens run every product on the row kernel
+    /// (0: some product never does).
+    pub fn row_kernel_rows(&self) -> i64 {
+        let blocks = self.blocks.iter().flat_map(|b| [&b.attn.qkv, &b.attn.o, &b.mlp.gate_up, &b.mlp.down]);
+        blocks.chain([&self.lm_head]).map(Linear::row_kernel_rows).min().unwrap_or(0)
+    }
+
     pub fn lm_head(&self) -> &Linear {
         &self.lm_head
     }

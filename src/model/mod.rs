@@ -9,6 +9,7 @@ pub mod attention;
 pub mod batch;
 pub mod chat_template;
 pub mod config;
+pub mod cpu_pool;
 pub mod fused_cpu;
 pub mod gemv_bf16;
 pub mod gpt2;
@@ -45,6 +46,10 @@ pub struct Model {
     family: Family,
     placement: Placement,
     max_context: i64,
+    /// Steps of up to this many fed tokens run under the decode pool
+    /// (`cpu_pool`): every product of such a step goes to the row kernel.
+    /// 0 when some product of this model never does.
+    pool_rows: i64,
 }
 
 impl Model {
@@ -53,11 +58,15 @@ impl Model {
     pub fn from_source(cfg: &ModelConfig, ws: &dyn WeightSource, at: Placement, max_context: Option<i64>) -> Result<Model, LoadError> {
         let max_context = max_context.unwrap_or(DEFAULT_MAX_CONTEXT).min(cfg.max_position_embeddings).max(1);
         let _guard = tch::no_grad_guard();
-        let family = match cfg.arch {
-            Arch::Llama | Arch::Qwen2 => Family::Llama(llama::Llama::load(cfg, ws, at, max_context)?),
-            Arch::Gpt2 => Family::Gpt2(gpt2::Gpt2::load(cfg, ws, at)?),
+        let (family, pool_rows) = match cfg.arch {
+            Arch::Llama | Arch::Qwen2 => {
+                let m = llama::Llama::load(cfg, ws, at, max_context)?;
+                let rows = m.row_kernel_rows().min(cpu_pool::MAX_ROWS);
+                (Family::Llama(m), rows)
+            }
+            Arch::Gpt2 => (Family::Gpt2(gpt2::Gpt2::load(cfg, ws, at)?), 0),
         };
-        Ok(Model { config: cfg.clone(), family, placement: at, max_context })
+        Ok(Model { config: cfg.clone(), family, placement: at, max_context, pool_rows })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -87,6 +96,8 @@ impl Model {
         if let Some(s) = seqs.iter().find(|s| s.context_len() > self.max_context) {
             return Err(TchError::Torch(format!("sequence of {} tokens exceeds the context limit {}", s.context_len(), self.max_context)));
         }
+        let fed: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        let _pool = (fed as i64 <= self.pool_rows).then(cpu_pool::PoolScope::enter);
         let step = batch::StepTensors::build(seqs, cache.block_size(), logits, self.placement.device)?;
         let (hidden, head) = match &self.family {
             Family::Llama(m) => (m.forward_hidden(&step, cache)?, m.lm_head()),

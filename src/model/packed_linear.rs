@@ -70,10 +70,22 @@ pub fn pack(w: &Tensor, rows: i64) -> Result<PackedWeight, TchError> {
     Ok(PackedWeight { packed, rows: kernel })
 }
 
+impl PackedWeight {
+    /// Rows up to which `linear` (without bias) runs on the row kernel; 0
+    /// when this weight has none.
+    pub fn row_kernel_rows(&self) -> i64 {
+        if self.rows.is_some() {
+            gemv_bf16::MAX_ROWS
+        } else {
+            0
+        }
+    }
+}
+
 /// `x W^T (+ bias)`, x [rows, in] -> [rows, out], in x's dtype.
 pub fn linear(x: &Tensor, w: &PackedWeight, bias: Option<&Tensor>) -> Result<Tensor, TchError> {
     match (&w.rows, bias) {
-        (Some(kernel), None) if x.size().first().is_some_and(|r| *r <= gemv_bf16::MAX_ROWS) => gemv_bf16::forward(x, kernel),
+        (Some(kernel), None) if x.size().first().is_some_and(|r| *r <= w.row_kernel_rows()) => gemv_bf16::forward(x, kernel),
         _ => linear_onednn(x, &w.packed, bias),
     }
 }
