@@ -97,7 +97,7 @@ impl Model {
             return Err(TchError::Torch(format!("sequence of {} tokens exceeds the context limit {}", s.context_len(), self.max_context)));
         }
         let fed: usize = seqs.iter().map(|s| s.tokens.len()).sum();
-        let _pool = (fed as i64 <= self.pool_rows).then(cpu_pool::PoolScope::enter);
+        let _pool = (fed > 0 && fed as i64 <= self.pool_rows).then(cpu_pool::PoolScope::enter);
         let step = batch::StepTensors::build(seqs, cache.block_size(), logits, self.placement.device)?;
         let (hidden, head) = match &self.family {
             Family::Llama(m) => (m.forward_hidden(&step, cache)?, m.lm_head()),
