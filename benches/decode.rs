@@ -1,7 +1,9 @@
 //! Decode-step throughput of SmolLM2-135M on this machine's CPU, at batch 1, 8
 //! and 32, in bf16 (the serving dtype) and f32: every sequence holds a
 //! 128-token context and each iteration is one batched decode step (the same
-//! slot is rewritten, so the context stays fixed). Criterion reports
+//! slot is rewritten, so the context stays fixed). `bf16-ctx4096` repeats
+//! bf16 at batch 1 and 8 with 4096-token contexts, where decode attention
+//! reads as many bytes per step as the weights. Criterion reports
 //! elements/s = generated tokens/s. `benches/transformers_decode.py` measures
 //! transformers' generate on the same GGUF in the same `make bench` run.
 
@@ -19,16 +21,28 @@ fn decode_steps(c: &mut Criterion) {
     let files = source::open(&path).expect("open SmolLM2 (run `make setup`)");
     let mut group = c.benchmark_group("smollm2_decode_step");
     group.sample_size(20);
-    for (name, kind) in [("bf16", Kind::BFloat16), ("f32", Kind::Float)] {
-        let model = Model::from_source(&files.config, files.weights.as_ref(), Placement { device: Device::Cpu, kind }, Some(4096)).expect("model");
-        for batch in [1i64, 8, 32] {
-            let per_seq = (CONTEXT + 1 + BLOCK - 1) / BLOCK;
+    let cases: [(&str, Kind, i64, &[i64]); 3] = [
+        ("bf16", Kind::BFloat16, CONTEXT, &[1, 8, 32]),
+        ("bf16-ctx4096", Kind::BFloat16, 4096, &[1, 8]),
+        ("f32", Kind::Float, CONTEXT, &[1, 8, 32]),
+    ];
+    for (name, kind, context, batches) in cases {
+        let model = Model::from_source(&files.config, files.weights.as_ref(), Placement { device: Device::Cpu, kind }, Some(8192)).expect("model");
+        for &batch in batches {
+            let per_seq = (context + 1 + BLOCK - 1) / BLOCK;
             let mut cache = model.new_cache(per_seq * batch, BLOCK).expect("cache");
             let seqs: Vec<SeqInput> = (0..batch)
-                .map(|b| SeqInput { tokens: (0..CONTEXT).map(|t| (t * 7 + b) % 1000 + 10).collect(), start_pos: 0, block_table: (b * per_seq..(b + 1) * per_seq).collect() })
+                .map(|b| SeqInput { tokens: (0..context).map(|t| (t * 7 + b) % 1000 + 10).collect(), start_pos: 0, block_table: (b * per_seq..(b + 1) * per_seq).collect() })
                 .collect();
-            let _ = model.forward(&seqs, &mut cache, LogitsFor::LastToken).expect("prefill");
-            let step: Vec<SeqInput> = seqs.iter().map(|s| SeqInput { tokens: vec![42], start_pos: CONTEXT, block_table: s.block_table.clone() }).collect();
+            // Prefill in pieces of at most 512 tokens, as the server's step budget would.
+            for s in &seqs {
+                for start in (0..context).step_by(512) {
+                    let end = (start + 512).min(context);
+                    let piece = SeqInput { tokens: s.tokens[start as usize..end as usize].to_vec(), start_pos: start, block_table: s.block_table.clone() };
+                    let _ = model.forward(&[piece], &mut cache, LogitsFor::LastToken).expect("prefill");
+                }
+            }
+            let step: Vec<SeqInput> = seqs.iter().map(|s| SeqInput { tokens: vec![42], start_pos: context, block_table: s.block_table.clone() }).collect();
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
                 b.iter(|| model.forward(&step, &mut cache, LogitsFor::LastToken).expect("decode"))

@@ -1,11 +1,15 @@
 // Decode attention for the CPU, read straight from the paged KV pools: one
 // query per sequence against its cached positions, found by block table, with
-// no gathered copy of K/V. Each (sequence, head) pair is one work item over
-// libtorch's OpenMP threads, so a single sequence's heads still use every
-// core, and an item's result does not depend on the batch or thread (batched
-// greedy decoding relies on that). For bf16 and f32 with head dims 64 and
-// 128 the loops are written with explicit 16-lane vectors; other shapes and
-// f16 take scalar loops that compute the same sums in the same order.
+// no gathered copy of K/V. A work item is one kv head's query heads (GQA's
+// group) against one partition of 256 positions, so each key and value is
+// read and widened once for the whole group, and a long context spreads over
+// every thread; a context of several partitions is then combined per head
+// (flash decoding). Items run on the decode pool or libtorch's threads, and
+// neither the batch nor the thread changes a result (batched greedy decoding
+// relies on that). For bf16 and f32 with head dims 64 and 128 the loops are
+// written with explicit 16-lane vectors, sixteen positions' dot products
+// reduced at once; other shapes and f16 take scalar loops that compute the
+// same sums in the same order.
 //
 // Called through fused_cpu.rs, which declares this file's extern "C" entry.
 
@@ -137,97 +141,262 @@ INFERD_INLINE void axpy_widen(float w, const T* v, float* acc, int64_t d) {
     for (int64_t i = 0; i < d; ++i) acc[i] += w * static_cast<float>(v[i]);
 }
 
-// Calls f(position, record) for positions 0 .. ctx of one head in a paged
+// Calls f(position, record) for positions p0 .. p1 of one head in a paged
 // pool, block by block (no division per position), prefetching the next
 // block's records a block ahead.
 template <typename T, typename F>
-INFERD_INLINE void walk_pool(const T* pool, const int64_t* table, int64_t block_size, int64_t ctx, int64_t rec,
+INFERD_INLINE void walk_pool(const T* pool, const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, int64_t rec,
                              int64_t kv_off, F&& f) {
     const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
-    for (int64_t start = 0, b = 0; start < ctx; start += block_size, ++b) {
+    int64_t b = p0 / block_size;
+    for (int64_t start = p0; start < p1; ++b) {
+        const int64_t first = start - b * block_size;  // offset of `start` in block b
+        const int64_t n = std::min(block_size - first, p1 - start);
         const T* base = pool + table[b] * block_size * rec + kv_off;
-        const int64_t n = std::min(block_size, ctx - start);
-        const T* next = start + block_size < ctx ? pool + table[b + 1] * block_size * rec + kv_off : nullptr;
+        const T* next = start + n < p1 ? pool + table[b + 1] * block_size * rec + kv_off : nullptr;
         for (int64_t o = 0; o < n; ++o) {
             if (next) {
                 __builtin_prefetch(next + o * rec);
                 __builtin_prefetch(next + o * rec + line);
             }
-            f(start + o, base + o * rec);
+            f(start + o, base + (first + o) * rec);
         }
+        start += n;
     }
 }
 
-// acc[0 .. 16 * NV) = sum over positions of probs[p] * V[p], the sums kept in
-// registers. Per lane the same operations in the same order as axpy_widen.
+// hsum16 of sixteen vectors at once: lane j of the result is hsum16(v[j]),
+// pairing the same lanes in the same tree (a + b and b + a are the same
+// bits), in 15 two-source shuffle pairs and adds instead of 64 shuffles and
+// adds.
+INFERD_INLINE f32x16 hsum16x16(const f32x16* v) {
+    const i32x16 lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const i32x16 hi1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    const i32x16 lo2 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const i32x16 hi2 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    const i32x16 lo3 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+    const i32x16 hi3 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+    const i32x16 lo4 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const i32x16 hi4 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+    // Level 1: two vectors' lanes i + (i + 8) side by side; 2: four vectors'
+    // (i) + (i + 4); 3: eight vectors' (i) + (i + 2); 4: sixteen (0) + (1).
+    f32x16 a[8], b[4], c[2];
+    for (int j = 0; j < 8; ++j)
+        a[j] = __builtin_shuffle(v[2 * j], v[2 * j + 1], lo1) + __builtin_shuffle(v[2 * j], v[2 * j + 1], hi1);
+    for (int j = 0; j < 4; ++j)
+        b[j] = __builtin_shuffle(a[2 * j], a[2 * j + 1], lo2) + __builtin_shuffle(a[2 * j], a[2 * j + 1], hi2);
+    for (int j = 0; j < 2; ++j)
+        c[j] = __builtin_shuffle(b[2 * j], b[2 * j + 1], lo3) + __builtin_shuffle(b[2 * j], b[2 * j + 1], hi3);
+    return __builtin_shuffle(c[0], c[1], lo4) + __builtin_shuffle(c[0], c[1], hi4);
+}
+
+// Positions per work item. Longer contexts are split (flash decoding), so
+// one long sequence still spreads over every thread; the split depends only
+// on the position, never on the batch or the thread count.
+constexpr int64_t kPartition = 256;
+// Most query heads sharing one kv head that an item's loops keep in registers.
+constexpr int64_t kMaxGroup = 16;
+
+// What an item leaves for each head when the context spans several
+// partitions (a "partial", d + 2 floats): the partition's score max, its sum
+// of exp(score - max), and the f32 probability-weighted sum of V, not yet
+// divided.
+INFERD_INLINE int64_t partial_floats(int64_t d) {
+    return d + 2;
+}
+
+// Scores of `group` query heads of one kv head (qf: [group][d], widened)
+// against positions p0 .. p1: sc[h * len + p - p0] = q_h . k_p * scale. Each
+// key is widened once for all the heads; sixteen positions' dot products are
+// reduced together (hsum16x16), with the same bits as dot_widen.
 template <int NV, typename T>
-INFERD_INLINE void weigh_values(const float* probs, const T* v_pool, const int64_t* table, int64_t block_size,
-                                int64_t ctx, int64_t rec, int64_t kv_off, float* acc) {
-    f32x16 a[NV] = {};
-    walk_pool(v_pool, table, block_size, ctx, rec, kv_off, [&](int64_t p, const T* v) {
-        for (int j = 0; j < NV; ++j) a[j] += probs[p] * widen16(v + 16 * j);
+INFERD_INLINE void group_scores(const float* qf, int64_t group, const T* k_pool, const int64_t* table, int64_t block_size,
+                                int64_t p0, int64_t p1, int64_t rec, int64_t kv_off, float scale, float* sc, f32x16* stash) {
+    const int64_t len = p1 - p0;
+    // stash: [group][16] dot-product vectors of the current sixteen positions.
+    walk_pool(k_pool, table, block_size, p0, p1, rec, kv_off, [&](int64_t p, const T* k) {
+        f32x16 kw[NV];
+        for (int j = 0; j < NV; ++j) kw[j] = widen16(k + 16 * j);
+        const int64_t slot = (p - p0) & 15;
+        for (int64_t h = 0; h < group; ++h) {
+            const float* q = qf + h * NV * 16;
+            f32x16 acc = {};
+            for (int j = 0; j < NV; ++j) acc += load16(q + 16 * j) * kw[j];
+            stash[h * 16 + slot] = acc;
+        }
+        if (slot == 15) {
+            const f32x16 sv = {scale, scale, scale, scale, scale, scale, scale, scale,
+                               scale, scale, scale, scale, scale, scale, scale, scale};
+            for (int64_t h = 0; h < group; ++h) store16(sc + h * len + (p - 15 - p0), hsum16x16(stash + h * 16) * sv);
+        }
     });
-    for (int j = 0; j < NV; ++j) store16(acc + 16 * j, a[j]);
+    const int64_t tail = len & 15;  // positions after the last full sixteen
+    for (int64_t h = 0; h < group; ++h)
+        for (int64_t t = 0; t < tail; ++t) sc[h * len + len - tail + t] = hsum16(stash[h * 16 + t]) * scale;
 }
 
-// One decode query head against its kv head's first `ctx` cached positions.
-// q and out: [D]; `kv_off` is the kv head's offset in a pool record of `rec`
-// values. Mirrors libtorch's CPU flash attention for one query: f32 scores,
-// softmax with an f32 sum, probabilities rounded to T before they weight V,
-// f32 accumulation, one division at the end. Each head is its own work item,
-// so one sequence's heads spread over the threads, and a head's result does
-// not depend on which thread or batch computes it.
+// acc[h][0 .. 16 * NV) = sum over positions of probs[h][p] * V[p] for
+// `heads` heads (heads * NV <= 16 accumulators in registers), each value
+// widened once. Per lane the same operations in the same order as axpy_widen.
+template <int NV, int H, typename T>
+INFERD_INLINE void weigh_values(const float* probs, int64_t len, int64_t heads, const T* v_pool, const int64_t* table,
+                                int64_t block_size, int64_t p0, int64_t p1, int64_t rec, int64_t kv_off, float* acc,
+                                int64_t acc_stride) {
+    f32x16 a[H][NV] = {};
+    walk_pool(v_pool, table, block_size, p0, p1, rec, kv_off, [&](int64_t p, const T* v) {
+        f32x16 vw[NV];
+        for (int j = 0; j < NV; ++j) vw[j] = widen16(v + 16 * j);
+        for (int h = 0; h < H; ++h) {
+            if (h >= heads) break;
+            const float w = probs[h * len + p - p0];
+            for (int j = 0; j < NV; ++j) a[h][j] += w * vw[j];
+        }
+    });
+    for (int h = 0; h < H && h < heads; ++h)
+        for (int j = 0; j < NV; ++j) store16(acc + h * acc_stride + 16 * j, a[h][j]);
+}
+
+// One work item: the `group` query heads of one kv head (q: the first of
+// them, [group][d] contiguous) against positions p0 .. p1. Mirrors libtorch's
+// CPU flash attention for one query: f32 scores, softmax with an f32 sum,
+// probabilities rounded to T before they weight V, f32 accumulation, one
+// division at the end. When p0 .. p1 is the whole context the result goes
+// straight to out ([group][d]); otherwise head h's partial goes to
+// part + h * part_stride, for combine().
 template <typename T>
-INFERD_CLONES void attend_head(const T* q, int64_t d, const T* k_pool, const T* v_pool, int64_t kv_off, int64_t rec,
-                               const int64_t* table, int64_t block_size, int64_t ctx, float scale, T* out,
-                               std::vector<float>& buf) {
-    buf.resize(static_cast<size_t>(d + ctx + d));
-    float* qf = buf.data();      // [d]
-    float* sc = qf + d;          // [ctx]: scores, then probabilities
-    float* acc = sc + ctx;       // [d]
-    widen(q, qf, d);
-    walk_pool(k_pool, table, block_size, ctx, rec, kv_off,
-              [&](int64_t p, const T* k) { sc[p] = dot_widen(qf, k, d) * scale; });
-    // Max and sum in sixteen lanes (exact for the max; see dot() for the sum).
-    float lane_max[16];
-    std::fill(lane_max, lane_max + 16, sc[0]);
-    int64_t p = 0;
-    for (; p + 16 <= ctx; p += 16) {
-        for (int l = 0; l < 16; ++l) lane_max[l] = std::max(lane_max[l], sc[p + l]);
-    }
-    for (; p < ctx; ++p) lane_max[p & 15] = std::max(lane_max[p & 15], sc[p]);
-    const float m = *std::max_element(lane_max, lane_max + 16);
-    float part[16] = {0};
-    p = 0;
-    for (; p + 16 <= ctx; p += 16) {
-        for (int l = 0; l < 16; ++l) {
-            const float e = exp_f32(sc[p + l] - m);
-            part[l] += e;
-            sc[p + l] = rounded<T>(e);
-        }
-    }
-    for (; p < ctx; ++p) {
-        const float e = exp_f32(sc[p] - m);
-        part[p & 15] += e;
-        sc[p] = rounded<T>(e);
-    }
-    const float sum = lane_sum(part);
-    bool done = false;
+INFERD_CLONES void attend_part(const T* q, int64_t d, int64_t group, const T* k_pool, const T* v_pool, int64_t kv_off,
+                               int64_t rec, const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, float scale,
+                               T* out, float* part, int64_t part_stride, std::vector<float>& buf) {
+    const int64_t len = p1 - p0;
+    buf.resize(static_cast<size_t>(group * (d + len + d + 2) + 16 * 16 * kMaxGroup + 16));
+    // 64-byte aligned scratch: the stash holds whole vectors.
+    float* base = buf.data();
+    base += (16 - (reinterpret_cast<uintptr_t>(base) / sizeof(float)) % 16) % 16;
+    f32x16* stash = reinterpret_cast<f32x16*>(base);  // [kMaxGroup][16]
+    float* qf = base + 16 * 16 * kMaxGroup;           // [group][d]
+    float* sc = qf + group * d;                       // [group][len]: scores, then probabilities
+    float* acc = sc + group * len;                    // [group][d]
+    float* maxes = acc + group * d;                   // [group]
+    float* sums = maxes + group;                      // [group]
+    for (int64_t h = 0; h < group; ++h) widen(q + h * d, qf + h * d, d);
+    // 4 or 8: the vector loops for head dim 64 or 128; 0: the scalar ones.
+    int nv = 0;
     if constexpr (kVectorKind<T>) {
-        done = true;
-        switch (d) {
-            case 64: weigh_values<4>(sc, v_pool, table, block_size, ctx, rec, kv_off, acc); break;
-            case 128: weigh_values<8>(sc, v_pool, table, block_size, ctx, rec, kv_off, acc); break;
-            default: done = false;
+        if ((d == 64 || d == 128) && group <= kMaxGroup) nv = static_cast<int>(d / 16);
+        if (nv == 4) group_scores<4>(qf, group, k_pool, table, block_size, p0, p1, rec, kv_off, scale, sc, stash);
+        if (nv == 8) group_scores<8>(qf, group, k_pool, table, block_size, p0, p1, rec, kv_off, scale, sc, stash);
+    }
+    if (nv == 0) {
+        for (int64_t h = 0; h < group; ++h) {
+            float* s = sc + h * len;
+            const float* qh = qf + h * d;
+            walk_pool(k_pool, table, block_size, p0, p1, rec, kv_off,
+                      [&](int64_t p, const T* k) { s[p - p0] = dot_widen(qh, k, d) * scale; });
         }
     }
-    if (!done) {
-        std::fill(acc, acc + d, 0.0f);
-        walk_pool(v_pool, table, block_size, ctx, rec, kv_off,
-                  [&](int64_t p, const T* v) { axpy_widen(sc[p], v, acc, d); });
+    for (int64_t h = 0; h < group; ++h) {
+        float* s = sc + h * len;
+        // Max and sum in sixteen lanes (exact for the max; see dot() for the sum).
+        float lane_max[16];
+        std::fill(lane_max, lane_max + 16, s[0]);
+        int64_t p = 0;
+        for (; p + 16 <= len; p += 16) {
+            for (int l = 0; l < 16; ++l) lane_max[l] = std::max(lane_max[l], s[p + l]);
+        }
+        for (; p < len; ++p) lane_max[p & 15] = std::max(lane_max[p & 15], s[p]);
+        const float m = *std::max_element(lane_max, lane_max + 16);
+        float lanes[16] = {0};
+        p = 0;
+        for (; p + 16 <= len; p += 16) {
+            for (int l = 0; l < 16; ++l) {
+                const float e = exp_f32(s[p + l] - m);
+                lanes[l] += e;
+                s[p + l] = rounded<T>(e);
+            }
+        }
+        for (; p < len; ++p) {
+            const float e = exp_f32(s[p] - m);
+            lanes[p & 15] += e;
+            s[p] = rounded<T>(e);
+        }
+        maxes[h] = m;
+        sums[h] = lane_sum(lanes);
+    }
+    if constexpr (kVectorKind<T>) {
+        // Heads per pass over V: 16 accumulators in registers.
+        const int64_t per_pass = nv == 4 ? 4 : 2;
+        for (int64_t h0 = 0; nv != 0 && h0 < group; h0 += per_pass) {
+            const int64_t hn = std::min(per_pass, group - h0);
+            if (nv == 4)
+                weigh_values<4, 4>(sc + h0 * len, len, hn, v_pool, table, block_size, p0, p1, rec, kv_off, acc + h0 * d, d);
+            else
+                weigh_values<8, 2>(sc + h0 * len, len, hn, v_pool, table, block_size, p0, p1, rec, kv_off, acc + h0 * d, d);
+        }
+    }
+    if (nv == 0) {
+        for (int64_t h = 0; h < group; ++h) {
+            float* a = acc + h * d;
+            const float* pr = sc + h * len;
+            std::fill(a, a + d, 0.0f);
+            walk_pool(v_pool, table, block_size, p0, p1, rec, kv_off,
+                      [&](int64_t p, const T* v) { axpy_widen(pr[p - p0], v, a, d); });
+        }
+    }
+    for (int64_t h = 0; h < group; ++h) {
+        const float* a = acc + h * d;
+        if (out != nullptr) {
+            for (int64_t i = 0; i < d; ++i) out[h * d + i] = to_t<T>(a[i] / sums[h]);
+        } else {
+            float* pt = part + h * part_stride;
+            pt[0] = maxes[h];
+            pt[1] = sums[h];
+            std::copy(a, a + d, pt + 2);
+        }
+    }
+}
+
+// One head's output from its partitions' partials, in partition order: each
+// rescaled to the largest max, then one division.
+template <typename T>
+INFERD_CLONES void combine(const float* part, int64_t parts, int64_t stride, int64_t d, T* out, std::vector<float>& buf) {
+    buf.resize(static_cast<size_t>(d));
+    float* acc = buf.data();
+    float m = part[0];
+    for (int64_t j = 1; j < parts; ++j) m = std::max(m, part[j * stride]);
+    float sum = 0.0f;
+    std::fill(acc, acc + d, 0.0f);
+    for (int64_t j = 0; j < parts; ++j) {
+        const float* pt = part + j * stride;
+        const float w = exp_f32(pt[0] - m);
+        sum += pt[1] * w;
+        for (int64_t i = 0; i < d; ++i) acc[i] += pt[2 + i] * w;
     }
     for (int64_t i = 0; i < d; ++i) out[i] = to_t<T>(acc[i] / sum);
 }
+
+// Runs items 0 .. count on the decode pool (taken one at a time: contexts
+// differ in length) or libtorch's threads.
+template <typename F>
+void for_items(int64_t count, F&& one) {
+    if (count == 0) return;
+    if (inferd_pool::active()) {
+        std::atomic<int64_t> next{0};
+        auto body = [&](int, int) {
+            std::vector<float> buf;
+            for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < count;) one(item, buf);
+        };
+        inferd_pool::run(body);
+    } else {
+        at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+            std::vector<float> buf;
+            for (int64_t item = begin; item < end; ++item) one(item, buf);
+        });
+    }
+}
+
+// Partials of the current call; kept per calling thread so that a decode
+// step does not fault fresh pages in on every layer.
+thread_local std::vector<float> partials;
 
 }  // namespace
 
@@ -267,6 +436,26 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
         }
         at::Tensor out = at::empty({n, heads, d}, q->options().memory_format(at::MemoryFormat::Contiguous));
         const float sc = static_cast<float>(scale);
+        const int64_t group = heads / kvh, rec = kvh * d, stride = partial_floats(d);
+        // Items: (sequence, partition, kv head), sequence by sequence. A
+        // sequence of one partition writes `out`; a longer one its partials,
+        // from part_at[i]: head h's for partition j at (h * parts + j) * stride.
+        std::vector<int64_t> first_item(static_cast<size_t>(n + 1), 0), part_at(static_cast<size_t>(n), -1);
+        int64_t floats = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+            first_item[i + 1] = first_item[i] + parts * kvh;
+            if (parts > 1) {
+                part_at[i] = floats;
+                floats += heads * parts * stride;
+            }
+        }
+        // Too few items to keep every thread busy (one short sequence): one
+        // item per query head instead. Only the work split changes, not a bit.
+        const int threads = inferd_pool::active() ? inferd_pool::threads() : at::get_num_threads();
+        const int64_t per_item = first_item[n] < 4 * threads ? 1 : group, splits = group / per_item;
+        partials.resize(static_cast<size_t>(floats));
+        float* pp = partials.data();
         by_kind(kind, [&](auto tag) {
             using T = decltype(tag);
             const T* qp = q->data_ptr<T>();
@@ -274,27 +463,28 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
             const T* vp = v_pool->data_ptr<T>();
             T* op = out.data_ptr<T>();
             const int64_t qs = q->stride(0);
-            const int64_t group = heads / kvh, rec = kvh * d;
-            // One item per (sequence, head); each writes its own row of out.
-            auto one = [&](int64_t item, std::vector<float>& buf) {
-                const int64_t i = item / heads, h = item % heads;
-                attend_head<T>(qp + i * qs + h * d, d, kp, vp, (h / group) * d, rec, tab + i * nb, block_size, lens[i],
-                               sc, op + item * d, buf);
-            };
-            if (inferd_pool::active()) {
-                // Threads take items one at a time (contexts differ in length).
-                std::atomic<int64_t> next{0};
-                auto body = [&](int, int) {
-                    std::vector<float> buf;
-                    for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < n * heads;) one(item, buf);
-                };
-                inferd_pool::run(body);
-            } else {
-                at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
-                    std::vector<float> buf;
-                    for (int64_t item = begin; item < end; ++item) one(item, buf);
-                });
-            }
+            for_items(first_item[n] * splits, [&](int64_t item, std::vector<float>& buf) {
+                const int64_t split_of = item % splits;
+                item /= splits;
+                const int64_t i = std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
+                const int64_t local = item - first_item[i], j = local / kvh, g = local % kvh;
+                const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+                const int64_t p0 = j * kPartition, p1 = std::min(lens[i], p0 + kPartition);
+                const int64_t h0 = g * group + split_of * per_item;
+                T* o = parts == 1 ? op + (i * heads + h0) * d : nullptr;
+                float* pt = parts == 1 ? nullptr : pp + part_at[i] + (h0 * parts + j) * stride;
+                attend_part<T>(qp + i * qs + h0 * d, d, per_item, kp, vp, g * d, rec, tab + i * nb, block_size, p0, p1, sc, o,
+                               pt, parts * stride, buf);
+            });
+            // Heads of sequences that were split: one item per (sequence, head).
+            std::vector<int64_t> split;
+            for (int64_t i = 0; i < n; ++i)
+                if (part_at[i] >= 0) split.push_back(i);
+            for_items(static_cast<int64_t>(split.size()) * heads, [&](int64_t item, std::vector<float>& buf) {
+                const int64_t i = split[item / heads], h = item % heads;
+                const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+                combine<T>(pp + part_at[i] + h * parts * stride, parts, stride, d, op + (i * heads + h) * d, buf);
+            });
         });
         return out;
     });

@@ -9,7 +9,8 @@
 //! eager ops round, so results match the eager path bit for bit except where
 //! the order of a norm's f32 sum of squares moves the result by an ulp.
 //! `decode_attention.cpp` attends one query per sequence from the pools,
-//! one (sequence, head) pair per thread item, within 0.02 of SDPA.
+//! one kv head's query heads over 256 positions per thread item (longer
+//! contexts combined per head), within 0.02 of SDPA.
 //! The layers use it on CPU for bf16 and f16; f32 (whose parity with
 //! transformers is checked to 1e-5) and CUDA keep libtorch's ops, except
 //! that decode attention serves f32 on CPU too (see `attention_applies`).
@@ -257,9 +258,10 @@ mod tests {
         let (heads, kv, bs, blocks) = (9, 3, 16, 40);
         let k_pool = rand(&[blocks, bs, kv, d], kind);
         let v_pool = rand(&[blocks, bs, kv, d], kind);
-        // Three sequences of different lengths over scattered blocks (one of
-        // more than 512 positions, past the flash kernel's first key block).
-        let lens = [1i64, 37, 600];
+        // Sequences of different lengths over scattered blocks: within one
+        // partition of 256 positions, exactly one, one and one position, two,
+        // and more than 512 positions (past the flash kernel's first key block).
+        let lens = [1i64, 37, 256, 257, 512, 600];
         let nb = 38;
         let mut tables = vec![0i64; lens.len() * nb as usize];
         for (i, len) in lens.iter().enumerate() {
@@ -292,7 +294,7 @@ mod tests {
             let alone = decode_attention(&q.narrow(0, i as i64, 1), &k_pool, &v_pool, &rows, &ctx.narrow(0, i as i64, 1), scale).unwrap();
             assert!(alone.equal(&got.narrow(0, i as i64, 1)), "{kind:?} d={d}: sequence {i} alone differs from the batch");
         }
-        let bad = Tensor::from_slice(&[1i64, 37, 609]);
+        let bad = Tensor::from_slice(&[1i64, 37, 256, 257, 512, 609]);
         let err = decode_attention(&q, &k_pool, &v_pool, &tab, &bad, scale).unwrap_err();
         assert!(err.to_string().contains("context length 609 outside 1..=608"), "{err}");
     }
