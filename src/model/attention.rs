@@ -49,13 +49,22 @@ pub fn paged_attention(
                 o.f_squeeze_dim(0)?.f_transpose(0, 1)?
             }
             AttnGroup::PrefixPrefill { row, len, ctx, table, mask } => {
-                let qg = q.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
+                // The query heads sharing a K/V head stand in for more query
+                // rows: q [1, kv_heads, heads / kv_heads * len, d], the mask
+                // repeated for each, so SDPA needs no GQA flag. Same result;
+                // on CPU the flag with a mask takes SDPA's f32 math path,
+                // which made a chunk's attention over 2,500 cached positions
+                // cost twice its projections.
+                let group = h / kvh;
+                let qg = q.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_reshape([1, kvh, group * len, d])?;
                 let kg = gather(k_pool, table, kvh, d)?.f_narrow(0, 0, *ctx)?;
                 let vg = gather(v_pool, table, kvh, d)?.f_narrow(0, 0, *ctx)?;
                 let kg = kg.f_transpose(0, 1)?.f_unsqueeze(0)?;
                 let vg = vg.f_transpose(0, 1)?.f_unsqueeze(0)?;
-                let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(mask), 0.0, false, scale, gqa)?;
-                o.f_squeeze_dim(0)?.f_transpose(0, 1)?
+                let mask = if group > 1 { mask.f_repeat([1, 1, group, 1])? } else { mask.shallow_clone() };
+                let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, Some(&mask), 0.0, false, scale, false)?;
+                // [1, kv_heads, group * len, d] -> [len, heads, d]
+                o.f_reshape([h, *len, d])?.f_transpose(0, 1)?
             }
             AttnGroup::Decode { row, n, tables, ctx_lens, .. } if fused_cpu::attention_applies(q) => {
                 fused_cpu::decode_attention(&q.f_narrow(0, *row, *n)?, k_pool, v_pool, tables, ctx_lens, scale)?
