@@ -194,7 +194,8 @@ INFERD_INLINE f32x16 hsum16x16(const f32x16* v) {
 // one long sequence still spreads over every thread; the split depends only
 // on the position, never on the batch or the thread count.
 constexpr int64_t kPartition = 256;
-// Most query heads sharing one kv head that an item's loops keep in registers.
+// Most query heads per item for the vector score loops: the size of their
+// stash of per-position dot products.
 constexpr int64_t kMaxGroup = 16;
 
 // What an item leaves for each head when the context spans several
@@ -440,10 +441,11 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
         // Items: (sequence, partition, kv head), sequence by sequence. A
         // sequence of one partition writes `out`; a longer one its partials,
         // from part_at[i]: head h's for partition j at (h * parts + j) * stride.
+        auto parts_of = [&](int64_t i) { return (lens[i] + kPartition - 1) / kPartition; };
         std::vector<int64_t> first_item(static_cast<size_t>(n + 1), 0), part_at(static_cast<size_t>(n), -1);
         int64_t floats = 0;
         for (int64_t i = 0; i < n; ++i) {
-            const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+            const int64_t parts = parts_of(i);
             first_item[i + 1] = first_item[i] + parts * kvh;
             if (parts > 1) {
                 part_at[i] = floats;
@@ -468,7 +470,7 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
                 item /= splits;
                 const int64_t i = std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
                 const int64_t local = item - first_item[i], j = local / kvh, g = local % kvh;
-                const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+                const int64_t parts = parts_of(i);
                 const int64_t p0 = j * kPartition, p1 = std::min(lens[i], p0 + kPartition);
                 const int64_t h0 = g * group + split_of * per_item;
                 T* o = parts == 1 ? op + (i * heads + h0) * d : nullptr;
@@ -482,7 +484,7 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
                 if (part_at[i] >= 0) split.push_back(i);
             for_items(static_cast<int64_t>(split.size()) * heads, [&](int64_t item, std::vector<float>& buf) {
                 const int64_t i = split[item / heads], h = item % heads;
-                const int64_t parts = (lens[i] + kPartition - 1) / kPartition;
+                const int64_t parts = parts_of(i);
                 combine<T>(pp + part_at[i] + h * parts * stride, parts, stride, d, op + (i * heads + h) * d, buf);
             });
         });
