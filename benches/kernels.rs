@@ -10,12 +10,22 @@
 //!   key mask, as `attention.rs` does where the kernel does not apply);
 //! - the decode-row bf16 product (`gemv_bf16`) against oneDNN's call on the
 //!   same packed weight, for the gate/up projection (3072x576) at 1, 4, 16 and
-//!   64 rows (weights in cache: this is the per-call cost, not bandwidth).
+//!   64 rows (weights in cache: this is the per-call cost, not bandwidth);
+//! - `weight_stream`: one row through every product of a SmolLM2 decode step
+//!   (30 layers' qkv, o, gate/up and down, then the 49152-row LM head: 269 MB
+//!   of bf16, far beyond any cache) back to back on the decode pool, with
+//!   nothing between them. Criterion's bytes/s is then the rate the row
+//!   kernel streams weights from memory, to hold against the machine's read
+//!   bandwidth (`benches/compare/membw.c`) and against a whole step
+//!   (`benches/decode.rs`): the difference to the step is what the step
+//!   spends outside the products.
 //!
 //! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
 //! headers) the fused rows are skipped.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::Throughput;
+use inferd::model::cpu_pool::PoolScope;
 use inferd::model::{fused_cpu, gemv_bf16, packed_linear};
 use inferd::model::inference_mode::InferenceMode;
 use std::time::Duration;
@@ -139,5 +149,38 @@ fn decode_rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, norm_and_rotary, decode_attention, decode_rows);
+fn weight_stream(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    let (layers, intermediate, vocab) = (30, 1536i64, 49152i64);
+    let mut shapes = Vec::new();
+    for _ in 0..layers {
+        shapes.extend([(HIDDEN + 2 * KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN), (2 * intermediate, HIDDEN), (HIDDEN, intermediate)]);
+    }
+    shapes.push((vocab, HIDDEN));
+    let mut products = Vec::with_capacity(shapes.len());
+    for &(n, k) in &shapes {
+        let w = (Tensor::randn([n, k], (Kind::Float, Device::Cpu)) * 0.05).to_kind(Kind::BFloat16);
+        let packed = packed_linear::pack(&w, 16).expect("pack");
+        if packed.row_kernel_rows() == 0 {
+            eprintln!("no decode-row kernel on this CPU (AVX512_BF16): weight_stream skipped");
+            return;
+        }
+        products.push((packed, bf16(&[1, k])));
+    }
+    let bytes: i64 = shapes.iter().map(|(n, k)| n * k * 2).sum();
+    let mut group = c.benchmark_group("weight_stream_bf16");
+    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Bytes(bytes as u64));
+    group.bench_function("smollm2_step_products_1row", |b| {
+        b.iter(|| {
+            let _pool = PoolScope::enter();
+            for (w, x) in &products {
+                let _y = packed_linear::linear(x, w, None).expect("product");
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, norm_and_rotary, decode_attention, decode_rows, weight_stream);
 criterion_main!(benches);

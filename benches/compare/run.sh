@@ -240,6 +240,10 @@ if [[ ",$workloads," == *",sweep,"* ]]; then
       fi
       n=$(nreq "$c")
       log "$peer: concurrency $c, $n requests, $IN in / $OUTLEN out"
+      if [[ $peer == inferd && $c == 1 ]]; then
+        log "memory bandwidth again, right before inferd's one-stream run"
+        "$CACHE/venv/bin/python" benches/compare/membw.py --again --out "$out/machine.json"
+      fi
       start_peer "$peer" "$c" $(( IN + OUTLEN )) "c$c"
       warmup
       bench "$out/$peer/c$c" "$peer c=$c" "$c" --concurrency "$c" --num-requests "$n" \

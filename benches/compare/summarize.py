@@ -132,10 +132,10 @@ def main():
              f"L3 {cpu.get('L3 cache', '?')}, RAM {cpu.get('MemTotal', '?')}")
     if bw:
         extra = ", ".join(f"{k[:-4]} {v} GB/s" for k, v in bw.items() if k.endswith("_gbs") and k != "used_gbs")
-        L.append(f"- Memory bandwidth ({bw.get('array_mib')} MiB array, numpy and torch, measured at the start of this run): {extra}")
+        L.append(f"- Memory bandwidth ({bw.get('array_mib')} MiB array; numpy, torch and membw.c's native read loop; measured at the start of this run): {extra}")
         for again in machine.get("bandwidth_again", []):
             more = ", ".join(f"{k[:-4]} {v} GB/s" for k, v in again.items() if k.endswith("_gbs"))
-            L.append(f"- Again at {again.get('date_utc', '?')}, right after inferd's one-stream run: {more}")
+            L.append(f"- Again at {again.get('date_utc', '?')}, around inferd's one-stream run: {more}")
         L.append(f"- The bounds below use the highest of these figures: **{bw.get('used_gbs')} GB/s**")
     if wt:
         L.append(f"- Weights: {wt.get('file')}, {wt.get('params', 0) / 1e6:.1f} M parameters; one decode step of one "
