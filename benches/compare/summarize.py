@@ -255,10 +255,20 @@ def main():
         r = inf[1]
         decode = 1000.0 / r["tpot_ms"]["mean"] if r["tpot_ms"]["mean"] else None
         frac = decode / bound[key] if decode else 0
+        # Every bandwidth sample's own fraction too: when they disagree, the
+        # VM's bandwidth moved within the minute and the judged (highest)
+        # one is the strictest reading, not the only one.
+        samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
+        gbs = [max(v for k, v in b.items() if k.endswith("_gbs") and k != "used_gbs") for b in samples if b]
+        bytes_key = {"f32": "f32_bytes", "bf16": "bf16_bytes"}[key]
+        fracs = [decode * wt[bytes_key] / (g * 1e9) for g in gbs] if decode and wt.get(bytes_key) else []
+        spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
+                  + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""
         checks.append((f"1 stream: inferd decode >= 90% of the {dtype} bound ({bound[key]} tok/s)",
-                       f"{decode:.1f} tok/s = {100 * frac:.0f}% (output tok/s incl. prefill {r['output_token_throughput']:.1f})",
+                       f"{decode:.1f} tok/s = {100 * frac:.0f}% (output tok/s incl. prefill {r['output_token_throughput']:.1f}){spread}",
                        frac >= 0.9))
-        summary["one_stream"] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key], "fraction": frac}
+        summary["one_stream"] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key], "fraction": frac,
+                                 "fraction_per_bandwidth_sample": fracs}
     if "inferd" in prefix and "inferd-nocache" in prefix:
         q = prefix["inferd-nocache"][0]["ttft_ms"]["mean"] / prefix["inferd"][0]["ttft_ms"]["mean"]
         checks.append(("shared prefix: caching cuts mean TTFT >= 2x", f"{q:.2f}x", q >= 2))
