@@ -3,10 +3,10 @@
 // STREAMS is 1, 2, 4 or 8).
 //
 // Why native: numpy's and torch's reductions are not written to saturate
-// memory with every core (on the 2-core Zen 4 VM numpy's max read 41 GB/s with
-// two threads and torch's sum 49, where this loop read 82 at the same
-// minutes), and a bound below what the machine can stream flatters whoever
-// is measured against it. Each thread reads its share of a buffer far larger
+// memory with every core (on the 2-core Zen 4 VM, in one sample of the
+// 2026-11-29 20:02 comparison, numpy's max read 45 GB/s with two threads,
+// torch's sum 49 and this loop 86), and a bound below what the machine can
+// stream flatters whoever is measured against it. Each thread reads its share of a buffer far larger
 // than any cache with AVX-512 loads into independent accumulators, split into
 // STREAMS interleaved sequential streams (more streams engage more hardware
 // prefetchers); a pass is timed from the first thread's start to the last

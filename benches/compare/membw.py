@@ -4,10 +4,10 @@ Memory bandwidth is measured on a 512 MiB array (far beyond any cache): copy
 (numpy; bytes read + bytes written per second), read (numpy's max-reduce,
 torch's sum) and a native AVX-512 read loop (`membw.c`, compiled here with
 gcc; 1, 2, 4 and 8 interleaved streams per thread, the best kept), each with
-1 thread and with one thread per core. numpy and torch alone understate what
-two cores can stream (41 and 49 GB/s where the native loop read 82 at the same
-minutes), so the native loop is the figure that matters; the highest figure
-of all is the one the one-stream bounds use. `--again` measures once more into an existing machine.json (run.sh
+1 thread and with one thread per core. numpy and torch alone can understate
+what two cores stream (45 and 49 GB/s where the native loop read 86 in the
+same sample), so the native loop is the figure that matters; the highest
+figure of all is the one the one-stream bounds use. `--again` measures once more into an existing machine.json (run.sh
 does so right after inferd's one-stream run, since this VM's bandwidth drifts
 by 20% within minutes) and the bounds then use the highest figure of all
 samples.
