@@ -7,10 +7,12 @@ gcc; 1, 2, 4 and 8 interleaved streams per thread, the best kept), each with
 1 thread and with one thread per core. numpy and torch alone can understate
 what two cores stream (45 and 49 GB/s where the native loop read 86 in the
 same sample), so the native loop is the figure that matters; the highest
-figure of all is the one the one-stream bounds use. `--again` measures once more into an existing machine.json (run.sh
-does so right after inferd's one-stream run, since this VM's bandwidth drifts
-by 20% within minutes) and the bounds then use the highest figure of all
-samples.
+figure of all is the one the one-stream bounds use. `--again` measures once
+more into an existing machine.json (run.sh does so right before and right
+after inferd's one-stream run, since this VM's bandwidth moves between two
+speeds within seconds) and the bounds then use the highest figure of all
+samples. `--pair-sample` adds a quick native-only sample to `pair_samples`,
+for the `pairs` workload (one-stream pieces between samples seconds apart).
 
 A decode step of one stream reads every weight once (SmolLM2's embedding is
 tied to the LM head, so the whole table is read too), so
@@ -26,6 +28,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -86,9 +89,10 @@ def bandwidth(size_mib=512):
     return out
 
 
-def native(size_mib, cores):
-    """`membw.c`'s read loop, with 1 thread and with one per core (best over
-    its stream counts); empty when there is no gcc to build it."""
+def native(size_mib, cores, thread_counts=None):
+    """`membw.c`'s read loop, with 1 thread and with one per core (or the
+    given thread counts), best over its stream counts; empty when there is
+    no gcc to build it."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
         return {}
@@ -101,7 +105,7 @@ def native(size_mib, cores):
             print(f"membw.c did not build ({e.stderr.decode(errors='replace').strip()}); numpy and torch only")
             return {}
         out = {}
-        for threads in sorted({1, cores}):
+        for threads in thread_counts or sorted({1, cores}):
             best = 0.0
             for streams in (1, 2, 4, 8):
                 r = subprocess.run([exe, str(threads), str(size_mib), str(streams)], capture_output=True, text=True)
@@ -110,6 +114,26 @@ def native(size_mib, cores):
             if best:
                 out[f"read_native_{threads}t_gbs"] = best
         return out
+
+
+def pair_sample(path, size_mib):
+    """One quick sample (the native loop with one thread per core) for the
+    `pairs` workload, appended to `pair_samples`; it counts towards the
+    run's highest figure like every other sample."""
+    with open(path) as f:
+        doc = json.load(f)
+    cores = os.cpu_count() or 1
+    bw = native(size_mib, cores, [cores])
+    if not bw:
+        sys.exit("pairs need membw.c's native loop (gcc)")
+    sample = dict({k: round(v, 2) for k, v in bw.items()}, date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    doc.setdefault("pair_samples", []).append(sample)
+    used = max([doc["bandwidth"]["used_gbs"], max(bw.values())])
+    doc["bandwidth"]["used_gbs"] = used
+    doc["one_stream_bound_tok_s"] = bounds(used, doc["weights"])
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=2)
+    print(json.dumps({"pair_sample": sample}))
 
 
 def weights(path):
@@ -169,7 +193,8 @@ def again(path, size_mib):
         doc = json.load(f)
     bw = dict(bandwidth(size_mib), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     doc.setdefault("bandwidth_again", []).append(bw)
-    used = max([best_gbs(doc["bandwidth"])] + [best_gbs(b) for b in doc["bandwidth_again"]])
+    later = doc["bandwidth_again"] + doc.get("pair_samples", [])
+    used = max([best_gbs(doc["bandwidth"])] + [best_gbs(b) for b in later])
     doc["bandwidth"]["used_gbs"] = used
     doc["one_stream_bound_tok_s"] = bounds(used, doc["weights"])
     with open(path, "w") as f:
@@ -183,10 +208,13 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--again", action="store_true", help="add a bandwidth sample to an existing --out")
+    ap.add_argument("--pair-sample", action="store_true", help="add a quick native sample to --out's pair_samples")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value facts to record")
     a = ap.parse_args()
     if a.again:
         return again(a.out, a.size_mib)
+    if a.pair_sample:
+        return pair_sample(a.out, a.size_mib)
     if not a.gguf:
         ap.error("--gguf is required")
 

@@ -3,7 +3,7 @@
 # the same load generator (`inferd bench`) and the same SmolLM2 GGUF.
 #
 #   benches/compare/run.sh [--smoke] [--install-only] [--no-build] [--levels 1,4,16,64]
-#                          [--workloads sweep,prefix] [--num-requests N] [--out DIR]
+#                          [--workloads sweep,prefix,pairs] [--num-requests N] [--out DIR]
 #                          [--serial-max-level N] [peer...]
 # --serial-max-level N: tf-serve and llama-cpp-python (one request at a time)
 #          skip levels above N; at 64 they take 10-35 minutes and the result
@@ -21,6 +21,12 @@
 #            num-requests = max(2*concurrency, 8) per level
 #   prefix   4 groups x 512-token shared system prompt + 128 in / 128 out,
 #            64 requests at concurrency 16 (inferd, inferd-nocache, llama-server)
+#   pairs    inferd alone, one stream against the memory bandwidth of the same
+#            seconds: a native bandwidth sample, then $PAIRS pieces of 2
+#            requests (128 in / 128 out) each followed by another sample;
+#            summarize.py judges each piece against the higher sample on
+#            either side (this VM's bandwidth switches between two speeds
+#            within seconds, so one sample per run cannot match the run)
 # --smoke: levels 1,2, 4 requests of 16 in / 16 out; prefix: 2 groups x 64
 #          tokens, 8 requests at concurrency 2; results under
 #          benches/results/tmp/compare-smoke (git-ignored).
@@ -47,7 +53,8 @@ THREADS="${THREADS:-2}"
 READY_TIMEOUT="${READY_TIMEOUT:-600}"           # seconds for a server to load
 ALL_PEERS=(inferd inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
 
-smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix" out="" peers=() num_requests="" serial_max=""
+smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix,pairs" out="" peers=() num_requests="" serial_max=""
+PAIRS="${PAIRS:-8}"
 while (( $# )); do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -268,6 +275,20 @@ if [[ ",$workloads," == *",prefix,"* ]]; then
       --shared-prefix-groups "$PFX_GROUPS" --shared-prefix-len "$PFX_LEN"
     stop_server
   done
+fi
+
+if [[ ",$workloads," == *",pairs,"* ]] && has inferd "${peers[@]}"; then
+  log "inferd: one stream in $PAIRS pieces, each between two bandwidth samples"
+  start_peer inferd 1 $(( IN + OUTLEN )) pairs
+  warmup
+  rm -rf "$out/inferd/pairs"
+  "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
+  for k in $(seq 1 "$PAIRS"); do
+    bench "$out/inferd/pairs/p$k" "inferd one stream, piece $k" $(( 100 + k )) --concurrency 1 --num-requests 2 \
+      --input-len "$IN" --output-len "$OUTLEN" --no-plots > /dev/null
+    "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
+  done
+  stop_server
 fi
 
 python3 benches/compare/summarize.py "$out"

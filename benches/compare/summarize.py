@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Summarise a benches/compare run (stdlib only).
 
-Reads  OUT/machine.json, OUT/<peer>/c<N>/bench.json, OUT/<peer>/prefix/bench.json
+Reads  OUT/machine.json, OUT/<peer>/c<N>/bench.json, OUT/<peer>/prefix/bench.json,
+       OUT/inferd/pairs/p<K>/bench.json (the `pairs` workload)
 Writes OUT/summary.md, OUT/summary.json, OUT/throughput.svg, OUT/ttft_p99.svg
 
 Usage: python3 benches/compare/summarize.py [OUT]   (default benches/results/compare)
@@ -71,6 +72,28 @@ def collect(out):
         if r:
             prefix[peer] = (r, doc.get("config", {}))
     return sweep, prefix
+
+
+def pairs_of(out, machine):
+    """The `pairs` workload: one-stream piece k ran between bandwidth samples
+    k-1 and k (`pair_samples`, seconds apart), and is judged against the
+    higher of the two. Returns [(k, decode tok/s, GB/s, fraction)]."""
+    samples = [max(v for key, v in b.items() if key.endswith("_gbs")) for b in machine.get("pair_samples", [])]
+    nbytes = machine.get("weights", {}).get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
+    d = os.path.join(out, "inferd", "pairs")
+    rows = []
+    if not nbytes or not os.path.isdir(d):
+        return rows
+    for name in sorted(os.listdir(d), key=lambda n: int(n[1:]) if re.fullmatch(r"p\d+", n) else 0):
+        m = re.fullmatch(r"p(\d+)", name)
+        r = run_of(load(os.path.join(d, name, "bench.json"))) if m else None
+        k = int(m.group(1)) if m else 0
+        if not r or not r["tpot_ms"]["mean"] or k >= len(samples):
+            continue
+        decode = 1000.0 / r["tpot_ms"]["mean"]
+        gbs = max(samples[k - 1], samples[k])
+        rows.append((k, decode, gbs, decode * nbytes / (gbs * 1e9)))
+    return rows
 
 
 def svg_chart(path, title, ylabel, series, xs):
@@ -269,9 +292,29 @@ def main():
                        frac >= 0.9))
         summary["one_stream"] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key], "fraction": frac,
                                  "fraction_per_bandwidth_sample": fracs}
+    pairs = pairs_of(out, machine)
+    if pairs:
+        fr = sorted(f for _, _, _, f in pairs)
+        med = fr[len(fr) // 2] if len(fr) % 2 else (fr[len(fr) // 2 - 1] + fr[len(fr) // 2]) / 2
+        checks.append((f"1 stream, {len(pairs)} pieces each judged against the higher bandwidth sample on either side (seconds apart): median >= 90%",
+                       f"median {100 * med:.0f}% (pieces {min(fr) * 100:.0f}-{max(fr) * 100:.0f}%)", med >= 0.9))
+        summary["one_stream_pairs"] = [{"piece": k, "decode_tok_s": dec, "gbs": g, "fraction": f} for k, dec, g, f in pairs]
+        summary["one_stream_pairs_median"] = med
     if "inferd" in prefix and "inferd-nocache" in prefix:
         q = prefix["inferd-nocache"][0]["ttft_ms"]["mean"] / prefix["inferd"][0]["ttft_ms"]["mean"]
         checks.append(("shared prefix: caching cuts mean TTFT >= 2x", f"{q:.2f}x", q >= 2))
+    if pairs:
+        L.append("## One stream against the bandwidth of the same seconds")
+        L.append("")
+        L.append("inferd alone, 2 requests per piece (128 in / 128 out); a native bandwidth sample "
+                 "(`membw.c`, one thread per core) before the first piece and after each one.")
+        L.append("")
+        L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction |")
+        L.append("|---:|---:|---:|---:|---:|")
+        nbytes = wt.get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
+        for k, dec, g, f in pairs:
+            L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% |")
+        L.append("")
     if checks:
         L.append("## Targets (issue 5)")
         L.append("")
