@@ -74,12 +74,22 @@ def collect(out):
     return sweep, prefix
 
 
+def best_gbs(sample):
+    """A bandwidth sample's highest figure (as membw.py's bounds use it)."""
+    return max(v for k, v in sample.items() if k.endswith("_gbs") and k != "used_gbs")
+
+
+def inferd_weight_bytes(machine):
+    """Bytes one decode step of one stream reads in inferd's dtype (None if unknown)."""
+    return machine.get("weights", {}).get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
+
+
 def pairs_of(out, machine):
     """The `pairs` workload: one-stream piece k ran between bandwidth samples
     k-1 and k (`pair_samples`, seconds apart), and is judged against the
     higher of the two. Returns [(k, decode tok/s, GB/s, fraction)]."""
-    samples = [max(v for key, v in b.items() if key.endswith("_gbs")) for b in machine.get("pair_samples", [])]
-    nbytes = machine.get("weights", {}).get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
+    samples = [best_gbs(b) for b in machine.get("pair_samples", [])]
+    nbytes = inferd_weight_bytes(machine)
     d = os.path.join(out, "inferd", "pairs")
     rows = []
     if not nbytes or not os.path.isdir(d):
@@ -282,9 +292,9 @@ def main():
         # VM's bandwidth moved within the minute and the judged (highest)
         # one is the strictest reading, not the only one.
         samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
-        gbs = [max(v for k, v in b.items() if k.endswith("_gbs") and k != "used_gbs") for b in samples if b]
-        bytes_key = {"f32": "f32_bytes", "bf16": "bf16_bytes"}[key]
-        fracs = [decode * wt[bytes_key] / (g * 1e9) for g in gbs] if decode and wt.get(bytes_key) else []
+        gbs = [best_gbs(b) for b in samples if b]
+        nbytes = inferd_weight_bytes(machine)
+        fracs = [decode * nbytes / (g * 1e9) for g in gbs] if decode and nbytes else []
         spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
                   + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""
         checks.append((f"1 stream: inferd decode >= 90% of the {dtype} bound ({bound[key]} tok/s)",
@@ -311,7 +321,7 @@ def main():
         L.append("")
         L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction |")
         L.append("|---:|---:|---:|---:|---:|")
-        nbytes = wt.get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
+        nbytes = inferd_weight_bytes(machine)
         for k, dec, g, f in pairs:
             L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% |")
         L.append("")
