@@ -14,7 +14,9 @@
 //! `src/model/gemv_bf16.cpp` (decode-row bf16 products on those packed bytes),
 //! `src/model/cpu_pool.cpp` (the decode steps' own worker threads),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
-//! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU)
+//! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU),
+//! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
+//! cached prefix, bf16 on AVX512-BF16)
 //! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
 use std::path::{Path, PathBuf};
 
@@ -44,12 +46,13 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 6] = [
+    const SRCS: [&str; 7] = [
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
+        "src/model/chunk_attention.cpp",
         "src/model/inference_mode.cpp",
     ];
     for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h"]) {

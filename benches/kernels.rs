@@ -8,6 +8,10 @@
 //! - paged decode attention at 200 cached positions for 1, 16 and 64
 //!   sequences, against the eager path (gather the blocks, then SDPA with a
 //!   key mask, as `attention.rs` does where the kernel does not apply);
+//! - a prefill chunk's attention over its cached prefix (130 new positions
+//!   over 642, as in the compare's shared-prefix workload, and 512 over
+//!   1024), `chunk_attention.cpp` against SDPA over the gathered blocks with
+//!   an offset causal mask;
 //! - the decode-row bf16 product (`gemv_bf16`) against oneDNN's call on the
 //!   same packed weight, for the gate/up projection (3072x576) at 1, 4, 16 and
 //!   64 rows (weights in cache: this is the per-call cost, not bandwidth);
@@ -126,6 +130,43 @@ fn decode_attention(c: &mut Criterion) {
     group.finish();
 }
 
+/// A prefill chunk's attention over its cached prefix (prefix caching, or a
+/// later chunk of a long prompt): SDPA over a gathered copy with an offset
+/// causal mask (the path without the kernel) against chunk_attention.cpp.
+fn chunk_attention(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    let mut group = c.benchmark_group("chunk_attention_bf16");
+    group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    for (len, ctx) in [(130i64, 642i64), (512, 1024), (512, 512)] {
+        let nb = (ctx + BLOCK - 1) / BLOCK;
+        let pool_blocks = 2 * nb + 1;
+        let k_pool = bf16(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]);
+        let v_pool = bf16(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]);
+        let table = Tensor::from_slice(&(0..nb).map(|j| (j * 37) % pool_blocks).collect::<Vec<_>>());
+        let q = bf16(&[len, HEADS, HEAD_DIM]);
+        let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+        let qpos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(1) + (ctx - len);
+        let mask = Tensor::arange(ctx, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&qpos).view([1, 1, len, ctx]);
+        let group_q = HEADS / KV_HEADS;
+        let id = format!("{len}x{ctx}");
+        group.bench_function(BenchmarkId::new("gather_sdpa", &id), |b| {
+            b.iter(|| {
+                // As attention.rs does without the kernel.
+                let qg = q.transpose(0, 1).reshape([1, KV_HEADS, group_q * len, HEAD_DIM]);
+                let gather = |pool: &Tensor| pool.index_select(0, &table).view([-1, KV_HEADS, HEAD_DIM]).narrow(0, 0, ctx).transpose(0, 1).unsqueeze(0);
+                let m = mask.repeat([1, 1, group_q, 1]);
+                Tensor::scaled_dot_product_attention(&qg, &gather(&k_pool), &gather(&v_pool), Some(&m), 0.0, false, scale, false)
+            })
+        });
+        if fused_cpu::chunk_attention_applies(&q, HEAD_DIM) {
+            group.bench_function(BenchmarkId::new("paged_kernel", &id), |b| {
+                b.iter(|| fused_cpu::chunk_attention(&q, &k_pool, &v_pool, &table, ctx, scale).expect("chunk attention"))
+            });
+        }
+    }
+    group.finish();
+}
+
 fn decode_rows(c: &mut Criterion) {
     let _mode = InferenceMode::enter();
     let (n, k) = (3072i64, HIDDEN);
@@ -184,5 +225,5 @@ fn weight_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, norm_and_rotary, decode_attention, decode_rows, weight_stream);
+criterion_group!(benches, norm_and_rotary, decode_attention, chunk_attention, decode_rows, weight_stream);
 criterion_main!(benches);

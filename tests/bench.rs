@@ -499,10 +499,20 @@ fn shared_prefix_groups_share_their_prefix() {
             "--output-len",
             "2",
             "--no-plots",
+            "--save-detailed",
         ],
     );
     let outcome = execute(a).expect("bench runs");
     check_run_invariants(&outcome);
+    // --save-detailed: every request in the JSON, with its group.
+    let reqs = outcome.json["runs"][0]["requests"].as_array().expect("runs[0].requests");
+    assert_eq!(reqs.len(), 12);
+    let mut per_group = [0usize; 3];
+    for r in reqs {
+        assert!(r["ok"].as_bool().unwrap() && r["ttft_s"].as_f64().unwrap() > 0.0 && r["e2e_s"].as_f64().unwrap() >= r["ttft_s"].as_f64().unwrap());
+        per_group[r["group"].as_u64().expect("group") as usize] += 1;
+    }
+    assert_eq!(per_group, [4, 4, 4]);
     let mut by_prefix: std::collections::HashMap<String, Vec<String>> = Default::default();
     for b in server.bodies() {
         let prompt = b["prompt"].as_str().unwrap().to_string();

@@ -115,6 +115,10 @@ pub struct BenchArgs {
     /// Skip the PNG plots.
     #[arg(long)]
     pub no_plots: bool,
+    /// Also write every request (send time, TTFT, E2E, inter-token gaps,
+    /// token counts, prefix group) into bench.json under `runs[].requests`.
+    #[arg(long)]
+    pub save_detailed: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,

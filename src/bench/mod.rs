@@ -235,6 +235,9 @@ fn document(
         "runs": runs.iter().map(|r| {
             let mut v = serde_json::to_value(&r.stats).unwrap_or_default();
             v["name"] = json!(r.name());
+            if args.save_detailed {
+                v["requests"] = serde_json::to_value(&r.records).unwrap_or_default();
+            }
             v
         }).collect::<Vec<_>>(),
         "plots": plots.iter().filter_map(|p| p.file_name()).map(|f| f.to_string_lossy().into_owned()).collect::<Vec<_>>(),

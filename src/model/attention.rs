@@ -1,6 +1,8 @@
 //! Paged attention: write this step's K/V into the layer's pools by slot, then
 //! attend each group of the step (see [`StepTensors`]) with
-//! `scaled_dot_product_attention`, gathering K/V from the pools by block table.
+//! `scaled_dot_product_attention`, gathering K/V from the pools by block table
+//! (on CPU, decode and prefix-chunk attention read the pools in place
+//! through the kernels of `fused_cpu`).
 
 use tch::{TchError, Tensor};
 
@@ -40,13 +42,19 @@ pub fn paged_attention(
     let mut outs = Vec::with_capacity(step.groups.len());
     for g in &step.groups {
         let out = match g {
-            AttnGroup::Prefill { row, len } => {
+            AttnGroup::Prefill { row, len, table } if fused_cpu::chunk_attention_applies(q, d) => {
+                fused_cpu::chunk_attention(&q.f_narrow(0, *row, *len)?, k_pool, v_pool, table, *len, scale)?
+            }
+            AttnGroup::Prefill { row, len, .. } => {
                 // [1, heads, len, d]
                 let qg = q.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
                 let kg = k.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
                 let vg = v.f_narrow(0, *row, *len)?.f_transpose(0, 1)?.f_unsqueeze(0)?;
                 let o = Tensor::f_scaled_dot_product_attention(&qg, &kg, &vg, None::<Tensor>, 0.0, true, scale, gqa)?;
                 o.f_squeeze_dim(0)?.f_transpose(0, 1)?
+            }
+            AttnGroup::PrefixPrefill { row, len, ctx, table, .. } if fused_cpu::chunk_attention_applies(q, d) => {
+                fused_cpu::chunk_attention(&q.f_narrow(0, *row, *len)?, k_pool, v_pool, table, *ctx, scale)?
             }
             AttnGroup::PrefixPrefill { row, len, ctx, table, mask } => {
                 // The query heads sharing a K/V head stand in for more query

@@ -44,7 +44,9 @@ pub(crate) enum AttnGroup {
     /// fused CPU kernel's input; on other devices it is not read).
     Decode { row: i64, n: i64, tables: Tensor, key_mask: Tensor, max_ctx: i64, ctx_lens: Tensor },
     /// One chunk with no cached prefix: plain causal attention on its own K/V.
-    Prefill { row: i64, len: i64 },
+    /// `table` (on the CPU) holds its blocks, for the CPU chunk kernel, which
+    /// reads the chunk's K/V back from the pools.
+    Prefill { row: i64, len: i64, table: Tensor },
     /// One chunk after `start` cached tokens: gathered K/V, offset causal mask.
     PrefixPrefill { row: i64, len: i64, ctx: i64, table: Tensor, mask: Tensor },
 }
@@ -106,7 +108,8 @@ impl StepTensors {
                 continue;
             }
             if s.start_pos == 0 {
-                groups.push(AttnGroup::Prefill { row, len });
+                let table = Tensor::f_from_slice(&s.block_table[..blocks_for(len, block_size) as usize])?;
+                groups.push(AttnGroup::Prefill { row, len, table });
             } else {
                 groups.push(prefix_group(s, row, block_size, device)?);
             }

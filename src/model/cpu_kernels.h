@@ -5,11 +5,16 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <utility>
+#include <vector>
 
+#include "cpu_pool.h"
 #include "shim_error.h"
 
 namespace inferd_cpu {
@@ -58,6 +63,17 @@ inline void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType
 
 #define INFERD_INLINE inline __attribute__((always_inline))
 
+// Whether this CPU has AVX512-BF16 (vdpbf16ps), which the bf16 row product
+// and the chunk attention kernel are written with.
+inline bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16");
+#else
+    return false;
+#endif
+}
+
 // Sums sixteen partial sums as a fixed tree (halves, then quarters, ...):
 // four dependent adds where a left-to-right sum is a chain of sixteen.
 INFERD_INLINE float lane_sum(const float* p) {
@@ -77,6 +93,54 @@ INFERD_INLINE float dot(const float* q, const float* k, int64_t d) {
     }
     for (; i < d; ++i) part[i & 15] += q[i] * k[i];
     return lane_sum(part);
+}
+
+// e^x in f32, written so the loops around it vectorize: Cephes' expf (range
+// reduction by ln 2 in two parts, a degree-6 polynomial, 2^n put into the
+// exponent bits), within about 1 ulp of std::exp. Below ln(FLT_MIN) it
+// returns 0 (the true value is subnormal) and above ln(FLT_MAX) infinity.
+INFERD_INLINE float exp_f32(float x) {
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const bool under = x < -87.33654f, over = x > 88.72283f;
+    x = std::min(std::max(x, -87.33654f), 88.72283f);
+    const float n = (x * 1.44269504088896341f + shifter) - shifter;
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float e = p * (r * r) + r + 1.0f;
+    // n is in -126 ..= 128: 2^n as two normal powers of two (the products are
+    // exact unless the result is subnormal).
+    const int32_t n1 = static_cast<int32_t>(n) / 2, n2 = static_cast<int32_t>(n) - n1;
+    const int32_t b1 = (n1 + 127) << 23, b2 = (n2 + 127) << 23;
+    float s1, s2;
+    std::memcpy(&s1, &b1, sizeof s1);
+    std::memcpy(&s2, &b2, sizeof s2);
+    const float y = e * s1 * s2;
+    return over ? __builtin_inff() : (under ? 0.0f : y);
+}
+
+// Runs items 0 .. count on the decode pool (taken one at a time: contexts
+// differ in length) or libtorch's threads.
+template <typename F>
+void for_items(int64_t count, F&& one) {
+    if (count == 0) return;
+    if (inferd_pool::active()) {
+        std::atomic<int64_t> next{0};
+        auto body = [&](int, int) {
+            std::vector<float> buf;
+            for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < count;) one(item, buf);
+        };
+        inferd_pool::run(body);
+    } else {
+        at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+            std::vector<float> buf;
+            for (int64_t item = begin; item < end; ++item) one(item, buf);
+        });
+    }
 }
 
 template <typename F>

@@ -8,7 +8,8 @@
 //! (compiled by build.rs) does each step in one loop, rounding where the
 //! eager ops round, so results match the eager path bit for bit except where
 //! the order of a norm's f32 sum of squares moves the result by an ulp.
-//! `decode_attention.cpp` attends one query per sequence from the pools,
+//! `chunk_attention.cpp` attends a prefill chunk over its cached prefix in
+//! the pools (bf16 with AVX512-BF16). `decode_attention.cpp` attends one query per sequence from the pools,
 //! one kv head's query heads over 256 positions per thread item (longer
 //! contexts combined per head), within 0.02 of SDPA.
 //! The layers use it on CPU for bf16 and f16; f32 (whose parity with
@@ -33,6 +34,30 @@ pub fn applies(x: &Tensor) -> bool {
 /// gather, and it stays within 1e-6 of SDPA in f32.
 pub fn attention_applies(q: &Tensor) -> bool {
     cfg!(inferd_torch_shim) && q.device() == Device::Cpu && matches!(q.kind(), Kind::BFloat16 | Kind::Half | Kind::Float)
+}
+
+/// Whether a prefill chunk's attention over its cached prefix takes
+/// `chunk_attention.cpp`: bf16 on a CPU with AVX512-BF16, head dim 64 or 128,
+/// with the shim built. Elsewhere it stays SDPA over a gathered copy.
+pub fn chunk_attention_applies(q: &Tensor, head_dim: i64) -> bool {
+    // SAFETY: a pure query of the CPU's features.
+    cfg!(inferd_torch_shim) && q.device() == Device::Cpu && q.kind() == Kind::BFloat16 && matches!(head_dim, 64 | 128) && unsafe { ffi::chunk_attention_available() } == 1
+}
+
+/// Causal attention of a prefill chunk q [len, heads, D] (rows contiguous),
+/// the queries of positions `ctx - len .. ctx`, over positions `0 .. ctx` of
+/// its sequence in the pools ([blocks, block size, kv heads, D], already
+/// holding the chunk's K/V), found through `table` (int64 block ids).
+/// Returns [len, heads, D], within 0.02 of SDPA.
+pub fn chunk_attention(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, table: &Tensor, ctx: i64, scale: f64) -> Result<Tensor, TchError> {
+    // SAFETY: live handles for the whole call; the shim checks kinds, shapes,
+    // the length and every block id it reads before it reads the pools.
+    let ptr = unsafe { ffi::chunk_attention(q.as_ptr().cast(), k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), table.as_ptr().cast(), ctx, scale) };
+    if ptr.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: a non-null return is a fresh `new at::Tensor`, now owned here.
+    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
 }
 
 /// `weight * rms_norm(x)` for x [T, H]; one dtype, contiguous.
@@ -110,6 +135,10 @@ mod ffi {
         pub fn write_kv(k_pool: *const c_void, v_pool: *const c_void, slots: *const c_void, k: *const c_void, v: *const c_void) -> c_int;
         #[link_name = "inferd_fused_decode_attention"]
         pub fn decode_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, tables: *const c_void, ctx_lens: *const c_void, scale: f64) -> *mut c_void;
+        #[link_name = "inferd_chunk_attention_available"]
+        pub fn chunk_attention_available() -> c_int;
+        #[link_name = "inferd_chunk_attention"]
+        pub fn chunk_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, table: *const c_void, ctx: i64, scale: f64) -> *mut c_void;
         #[link_name = "inferd_fused_cpu_last_error"]
         pub fn last_error() -> *const c_char;
     }
@@ -129,6 +158,12 @@ mod ffi {
         1
     }
     pub unsafe fn decode_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: f64) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn chunk_attention_available() -> c_int {
+        0
+    }
+    pub unsafe fn chunk_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: i64, _: f64) -> *mut c_void {
         std::ptr::null_mut()
     }
 }
@@ -297,6 +332,53 @@ mod tests {
         let bad = Tensor::from_slice(&[1i64, 37, 256, 257, 512, 609]);
         let err = decode_attention(&q, &k_pool, &v_pool, &tab, &bad, scale).unwrap_err();
         assert!(err.to_string().contains("context length 609 outside 1..=608"), "{err}");
+    }
+
+    #[test]
+    fn chunk_attention_matches_sdpa_over_the_masked_prefix() {
+        let probe = rand(&[1, 1, 64], Kind::BFloat16);
+        if !chunk_attention_applies(&probe, 64) {
+            eprintln!("no AVX512-BF16 on this CPU (or no shim): chunk attention is not used, SDPA is");
+            return;
+        }
+        for d in [64i64, 128] {
+            tch::manual_seed(11);
+            let (heads, kv, bs, blocks) = (9, 3, 16, 80);
+            let k_pool = rand(&[blocks, bs, kv, d], Kind::BFloat16);
+            let v_pool = rand(&[blocks, bs, kv, d], Kind::BFloat16);
+            // (chunk, context): a whole prompt (no prefix), one token, a
+            // chunk that ends mid-block, chunks longer than a query tile
+            // over prefixes that are not a multiple of 32.
+            for (len, ctx) in [(37i64, 37i64), (1, 300), (130, 642), (16, 16), (50, 1000), (17, 49)] {
+                let nb = (ctx + bs - 1) / bs;
+                let table = Tensor::from_slice(&(0..nb).map(|b| (b * 13 + 5) % blocks).collect::<Vec<_>>());
+                let q = rand(&[len, heads + 2 * kv, d], Kind::BFloat16).narrow(1, 0, heads);
+                let scale = 1.0 / (d as f64).sqrt();
+                let got = chunk_attention(&q, &k_pool, &v_pool, &table, ctx, scale).unwrap();
+                assert_eq!(got.size(), [len, heads, d]);
+                let pooled = {
+                    let _pool = crate::model::cpu_pool::PoolScope::enter();
+                    chunk_attention(&q, &k_pool, &v_pool, &table, ctx, scale).unwrap()
+                };
+                assert!(pooled.equal(&got), "d={d} len={len} ctx={ctx}: the decode pool's result differs");
+                let keys = |pool: &Tensor| pool.index_select(0, &table).view([-1, kv, d]).narrow(0, 0, ctx).transpose(0, 1).unsqueeze(0).repeat_interleave_self_int(heads / kv, 1, None);
+                let qpos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(1) + (ctx - len);
+                let mask = Tensor::arange(ctx, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&qpos).view([1, 1, len, ctx]);
+                let want = Tensor::scaled_dot_product_attention(&q.transpose(0, 1).unsqueeze(0), &keys(&k_pool), &keys(&v_pool), Some(&mask), 0.0, false, scale, false)
+                    .squeeze_dim(0)
+                    .transpose(0, 1);
+                let diff = (got.to_kind(Kind::Float) - want.to_kind(Kind::Float)).abs().max().double_value(&[]);
+                assert!(diff <= 0.02, "d={d} len={len} ctx={ctx}: max difference {diff} from SDPA");
+                // The last query sees the whole context: a later key must matter.
+                assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+            }
+            let table = Tensor::from_slice(&[0i64, 1]);
+            let q = rand(&[4, heads, d], Kind::BFloat16);
+            let err = chunk_attention(&q, &k_pool, &v_pool, &table, 33, 0.1).unwrap_err();
+            assert!(err.to_string().contains("chunk of 4 over context 33 outside 1..=32"), "{err}");
+            let err = chunk_attention(&q, &k_pool, &v_pool, &Tensor::from_slice(&[0i64, 80]), 32, 0.1).unwrap_err();
+            assert!(err.to_string().contains("block 80 outside the pool's 80"), "{err}");
+        }
     }
 
     #[test]

@@ -36,6 +36,7 @@
 #include <unordered_map>
 
 #include "boxed_op.h"
+#include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "shim_error.h"
 
@@ -46,15 +47,6 @@ constexpr int64_t kLine = 16;   // outputs per 64-byte line: the unit of work
 constexpr int64_t kLinesPerBlock = kBlock / kLine;
 
 #define INFERD_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
-bool cpu_has_avx512_bf16() {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16");
-#else
-    return false;
-#endif
-}
 
 struct Problem {
     const uint16_t* x;  // rows of bf16 inputs
@@ -244,7 +236,7 @@ struct LinesJob {
 extern "C" {
 
 int inferd_gemv_bf16_available() {
-    return cpu_has_avx512_bf16() ? 1 : 0;
+    return inferd_cpu::cpu_has_avx512_bf16() ? 1 : 0;
 }
 
 // The address and size of the bytes behind a oneDNN-packed weight (from
@@ -263,7 +255,7 @@ int inferd_onednn_weight_bytes(const at::Tensor* w, uintptr_t* ptr, int64_t* nby
 // call; step: inputs per fresh accumulator (even). Returns bf16 [M, N].
 at::Tensor* inferd_gemv_bf16(const at::Tensor* x, uintptr_t w, int64_t n, int64_t k, int64_t step) {
     return inferd_shim::new_tensor([&] {
-        TORCH_CHECK(cpu_has_avx512_bf16(), "gemv_bf16: this CPU has no AVX512_BF16");
+        TORCH_CHECK(inferd_cpu::cpu_has_avx512_bf16(), "gemv_bf16: this CPU has no AVX512_BF16");
         TORCH_CHECK(x->dim() == 2 && x->scalar_type() == at::kBFloat16 && x->device().is_cpu(),
                     "gemv_bf16: input must be a 2-d bf16 CPU tensor");
         TORCH_CHECK(x->size(1) == k, "gemv_bf16: input has ", x->size(1), " features, the weight ", k);
