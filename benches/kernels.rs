@@ -9,9 +9,9 @@
 //!   sequences, against the eager path (gather the blocks, then SDPA with a
 //!   key mask, as `attention.rs` does where the kernel does not apply);
 //! - a prefill chunk's attention over its cached prefix (130 new positions
-//!   over 642, as in the compare's shared-prefix workload, and 512 over
-//!   1024), `chunk_attention.cpp` against SDPA over the gathered blocks with
-//!   an offset causal mask;
+//!   over 642, as in the compare's shared-prefix workload, 512 over 1024)
+//!   and a first chunk (512 and 128 positions), `chunk_attention.cpp`
+//!   against SDPA over the gathered blocks with an offset causal mask;
 //! - the decode-row bf16 product (`gemv_bf16`) against oneDNN's call on the
 //!   same packed weight, for the gate/up projection (3072x576) at 1, 4, 16 and
 //!   64 rows (weights in cache: this is the per-call cost, not bandwidth);
@@ -137,7 +137,7 @@ fn chunk_attention(c: &mut Criterion) {
     let _mode = InferenceMode::enter();
     let mut group = c.benchmark_group("chunk_attention_bf16");
     group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    for (len, ctx) in [(130i64, 642i64), (512, 1024), (512, 512)] {
+    for (len, ctx) in [(130i64, 642i64), (512, 1024), (512, 512), (128, 128)] {
         let nb = (ctx + BLOCK - 1) / BLOCK;
         let pool_blocks = 2 * nb + 1;
         let k_pool = bf16(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]);
