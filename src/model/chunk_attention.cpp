@@ -37,8 +37,6 @@ namespace {
 
 using namespace inferd_cpu;
 
-#define INFERD_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
 // Query positions per work item.
 constexpr int64_t kQueryTile = 16;
 // Score rows per pass of the QK loop (x 2 key vectors = 12 accumulators).

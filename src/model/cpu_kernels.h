@@ -1,7 +1,9 @@
-// Helpers shared by the fused CPU kernels (fused_cpu.cpp, decode_attention.cpp):
-// the exception guard's status code, libtorch's rounding, input checks, the
-// per-ISA clones and the fixed-order partial sums that let the loops
-// vectorize without reassociating.
+// Helpers shared by the fused CPU kernels (fused_cpu.cpp, decode_attention.cpp,
+// chunk_attention.cpp, gemv_bf16.cpp): the exception guard's status code,
+// libtorch's rounding, input checks, the per-ISA clones, the AVX512-BF16
+// check, the fixed-order partial sums that let the loops vectorize without
+// reassociating, a vectorizable e^x, and the loop that spreads work items
+// over the decode pool or libtorch's threads.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -63,8 +65,12 @@ inline void check_cpu_kind(const at::Tensor& t, const char* what, at::ScalarType
 
 #define INFERD_INLINE inline __attribute__((always_inline))
 
-// Whether this CPU has AVX512-BF16 (vdpbf16ps), which the bf16 row product
-// and the chunk attention kernel are written with.
+// The target of the functions written with AVX512-BF16's vdpbf16ps (the
+// bf16 row product and the chunk attention kernel), called only where
+// cpu_has_avx512_bf16().
+#define INFERD_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// Whether this CPU has AVX512-BF16.
 inline bool cpu_has_avx512_bf16() {
 #if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();

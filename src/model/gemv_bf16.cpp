@@ -46,8 +46,6 @@ constexpr int64_t kBlock = 64;  // outputs per oneDNN block
 constexpr int64_t kLine = 16;   // outputs per 64-byte line: the unit of work
 constexpr int64_t kLinesPerBlock = kBlock / kLine;
 
-#define INFERD_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-
 struct Problem {
     const uint16_t* x;  // rows of bf16 inputs
     int64_t pairs;      // input pairs per row (K / 2)
