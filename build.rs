@@ -46,10 +46,11 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 7] = [
+    const SRCS: [&str; 8] = [
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
+        "src/model/gemv_q4.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
         "src/model/chunk_attention.cpp",

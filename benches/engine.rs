@@ -21,7 +21,7 @@ use inferd::exec::executor::TchExecutor;
 use inferd_actors::engine::{
     Engine, EngineConfig, ExecutorFactory, ModelDeployment, RequestHandle,
 };
-use inferd_actors::executor::ModelSpec;
+use inferd_actors::executor::{ModelSpec, Quantization};
 use inferd_actors::request::{Event, GenerateRequest, ReplicaStats};
 use inferd_actors::sampler::SamplingParams;
 use inferd_actors::sequence::Priority;
@@ -162,6 +162,7 @@ async fn bench() -> Result<Vec<Level>, String> {
             kv_budget_bytes: KV_BUDGET_BYTES,
             block_size: 16,
             max_context: Some(2048),
+            quantization: Quantization::None,
         },
         devices: vec!["cpu".into()],
         max_num_seqs: 64,

@@ -23,6 +23,10 @@
 //!   bandwidth (`benches/compare/membw.c`) and against a whole step
 //!   (`benches/decode.rs`): the difference to the step is what the step
 //!   spends outside the products.
+//! - `layer_stream`: the 30 layers' products (212 MB in bf16) back to back
+//!   at 1, 8 and 32 rows, bf16 (`gemv_bf16`) against the same shapes kept as
+//!   GGUF Q4_1 blocks (`gemv_q4`, 66 MB): what `quantization = "gguf"` buys
+//!   at each batch size with nothing else in the step.
 //!
 //! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
 //! headers) the fused rows are skipped.
@@ -30,7 +34,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use criterion::Throughput;
 use inferd::model::cpu_pool::PoolScope;
-use inferd::model::{fused_cpu, gemv_bf16, packed_linear};
+use inferd::model::gemv_q4::Q4Weight;
+use inferd::model::loader::{dequant::GgmlType, Q4Rows};
+use inferd::model::{fused_cpu, gemv_bf16, gemv_q4, packed_linear};
 use inferd::model::inference_mode::InferenceMode;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -225,5 +231,62 @@ fn weight_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, norm_and_rotary, decode_attention, chunk_attention, decode_rows, weight_stream);
+/// Q4_1 rows of random nibbles with scales like SmolLM2's.
+fn random_q4_1(n: i64, k: i64, seed: u64) -> Q4Rows {
+    let mut state = seed;
+    let mut data = Vec::with_capacity((n * k / 32 * 20) as usize);
+    for _ in 0..n * k / 32 {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        data.extend_from_slice(&half::f16::from_f32(0.004).to_le_bytes());
+        data.extend_from_slice(&half::f16::from_f32(-0.03).to_le_bytes());
+        data.extend((0..16).map(|i| (state >> (i * 4)) as u8));
+    }
+    Q4Rows { ty: GgmlType::Q4_1, n, k, data }
+}
+
+fn layer_stream(c: &mut Criterion) {
+    if !gemv_q4::available() {
+        eprintln!("no AVX512_BF16 here: layer_stream skipped");
+        return;
+    }
+    let _mode = InferenceMode::enter();
+    let intermediate = 1536i64;
+    let mut shapes = Vec::new();
+    for _ in 0..30 {
+        shapes.extend([(HIDDEN + 2 * KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN), (2 * intermediate, HIDDEN), (HIDDEN, intermediate)]);
+    }
+    let mut bf16_w = Vec::new();
+    let mut q4_w = Vec::new();
+    for (i, &(n, k)) in shapes.iter().enumerate() {
+        let rows = random_q4_1(n, k, i as u64 + 1);
+        q4_w.push(Q4Weight::pack(&rows).expect("pack").expect("shape packs"));
+        let dense = rows.dequantize().expect("dequantize").to_kind(Kind::BFloat16);
+        bf16_w.push(packed_linear::pack(&dense, 16).expect("oneDNN packs bf16 here"));
+    }
+    let mut group = c.benchmark_group("layer_stream");
+    group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    for rows in [1i64, 8, 32] {
+        let xs: Vec<Tensor> = shapes.iter().map(|&(_, k)| bf16(&[rows, k])).collect();
+        group.throughput(Throughput::Elements(rows as u64));
+        group.bench_function(BenchmarkId::new("bf16", rows), |b| {
+            b.iter(|| {
+                let _pool = PoolScope::enter();
+                for (w, x) in bf16_w.iter().zip(&xs) {
+                    let _y = packed_linear::linear(x, w, None).expect("product");
+                }
+            })
+        });
+        group.bench_function(BenchmarkId::new("q4_1", rows), |b| {
+            b.iter(|| {
+                let _pool = PoolScope::enter();
+                for (w, x) in q4_w.iter().zip(&xs) {
+                    let _y = w.forward(x).expect("product");
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, norm_and_rotary, decode_attention, chunk_attention, decode_rows, weight_stream, layer_stream);
 criterion_main!(benches);

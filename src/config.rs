@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use inferd_actors::engine::{EngineConfig, ModelDeployment};
-use inferd_actors::executor::ModelSpec;
+use inferd_actors::executor::{ModelSpec, Quantization};
 use serde::{Deserialize, Serialize};
 
 pub use crate::ops_config::{AuditConfig, AuthConfig, LogConfig, LogFormat};
@@ -145,6 +145,10 @@ pub struct VersionConfig {
     pub max_queue_tokens: usize,
     #[serde(default = "default_true")]
     pub prefix_caching: bool,
+    /// `"gguf"`: keep a GGUF file's Q4_0/Q4_1 linear weights in their 4-bit
+    /// blocks (bf16 on a CPU with AVX512_BF16); `"none"`: dequantize.
+    #[serde(default)]
+    pub quantization: Quantization,
 }
 
 fn default_dtype() -> String {
@@ -374,6 +378,10 @@ impl VersionConfig {
         if self.devices.is_empty() {
             return Err(("devices", "must list at least one device".into()));
         }
+        if self.quantization == Quantization::Gguf && (self.dtype != "bf16" || self.devices.iter().any(|d| d != "cpu")) {
+            let why = format!("\"gguf\" runs on CPU in bf16 (dtype = \"bf16\", devices = [\"cpu\"]), got dtype {:?} on {:?}", self.dtype, self.devices);
+            return Err(("quantization", why));
+        }
         for d in &self.devices {
             check_device(d).map_err(|m| ("devices", m))?;
         }
@@ -407,6 +415,7 @@ impl VersionConfig {
             kv_budget_bytes: self.kv_cache_mb << 20,
             block_size: self.block_size,
             max_context: self.max_context,
+            quantization: self.quantization,
         };
         ModelDeployment {
             spec,
@@ -468,11 +477,20 @@ source = "w/model.gguf"
         assert_eq!(engine.models.len(), 1, "only the active version loads");
         assert_eq!(engine.models[0].spec.version, "v1");
         assert_eq!(engine.devices, vec!["cuda:1", "cpu", "cuda:3"]);
+        assert_eq!(cfg.version("m", "v1").unwrap().deployment("m", "v1").spec.quantization, Quantization::None);
         let standby: Vec<_> = cfg.standby().map(|(n, v, _)| (n, v)).collect();
         assert_eq!(standby, vec![("m", "v2")]);
         let dep = cfg.version("m", "v2").unwrap().deployment("m", "v2");
         assert_eq!(dep.spec.source, PathBuf::from("/x/v2"));
         assert_eq!(dep.spec.kv_budget_bytes, 256 << 20);
+    }
+
+    #[test]
+    fn gguf_quantization_reaches_the_spec() {
+        let text = format!("{OK}dtype = \"bf16\"\nquantization = \"gguf\"\n");
+        let cfg = Config::parse(&text, Path::new(".")).unwrap();
+        let dep = cfg.version("m", "v1").unwrap().deployment("m", "v1");
+        assert_eq!(dep.spec.quantization, Quantization::Gguf);
     }
 
     #[test]
@@ -502,6 +520,14 @@ source = "w/model.gguf"
             (
                 format!("{OK}block_size = 0\n"),
                 "models.m.versions.v1.block_size",
+            ),
+            (
+                format!("{OK}quantization = \"awq\"\n"),
+                "quantization",
+            ),
+            (
+                format!("{OK}dtype = \"f32\"\nquantization = \"gguf\"\n"),
+                "models.m.versions.v1.quantization",
             ),
         ];
         for (text, key) in cases {

@@ -32,7 +32,7 @@ use inferd::model::tokenizer::Tokenizer;
 use inferd_actors::engine::{
     Engine, EngineConfig, ExecutorFactory, ModelDeployment, RequestHandle,
 };
-use inferd_actors::executor::ModelSpec;
+use inferd_actors::executor::{ModelSpec, Quantization};
 use inferd_actors::request::{Event, Finish, GenerateRequest, ReplicaStats, Usage};
 use inferd_actors::sampler::SamplingParams;
 use inferd_actors::sequence::Priority;
@@ -73,6 +73,7 @@ fn deployment(
             kv_budget_bytes: kv_blocks * F32_BLOCK_BYTES,
             block_size: 16,
             max_context: Some(2048),
+            quantization: Quantization::None,
         },
         devices: vec!["cpu".into()],
         max_num_seqs,

@@ -559,7 +559,7 @@ pub fn session_bucket(session: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::executor::ModelSpec;
+    use crate::executor::{ModelSpec, Quantization};
 
     fn dep(version: &str) -> ModelDeployment {
         ModelDeployment {
@@ -571,6 +571,7 @@ mod tests {
                 kv_budget_bytes: 1,
                 block_size: 4,
                 max_context: None,
+                quantization: Quantization::None,
             },
             devices: vec!["cpu".into()],
             max_num_seqs: 1,

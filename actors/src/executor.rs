@@ -31,6 +31,21 @@ pub struct ModelSpec {
     pub block_size: usize,
     /// Longest prompt + output served, capped by the model's own limit.
     pub max_context: Option<usize>,
+    /// How quantized weights are kept.
+    pub quantization: Quantization,
+}
+
+/// How a replica keeps a quantized file's weights (a version's
+/// `quantization`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// Dequantized to the run dtype at load.
+    #[default]
+    None,
+    /// A GGUF file's Q4_0/Q4_1 linear weights stay in their 4-bit blocks
+    /// (CPU, bf16, AVX512_BF16; other weights load as with `None`).
+    Gguf,
 }
 
 /// What a loaded replica offers; the batcher sizes its block manager from it.

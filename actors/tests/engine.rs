@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake::{decode, reference, Control, FakeExec, Fault};
-use inferd_actors::executor::ModelSpec;
+use inferd_actors::executor::{ModelSpec, Quantization};
 use inferd_actors::request::{Event, Finish, GenerateRequest, ReplicaStats, SubmitError, Usage};
 use inferd_actors::sampler::SamplingParams;
 use inferd_actors::{
@@ -62,6 +62,7 @@ async fn start(s: Setup) -> (Engine, Arc<Control>) {
             kv_budget_bytes: s.num_blocks,
             block_size: BS,
             max_context: Some(512),
+            quantization: Quantization::None,
         },
         devices: s.devices.clone(),
         max_num_seqs: s.max_num_seqs,

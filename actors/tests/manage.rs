@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake::{reference_v, Control, FakeExec, KV_BYTES_PER_BLOCK, WEIGHT_BYTES};
-use inferd_actors::executor::ModelSpec;
+use inferd_actors::executor::{ModelSpec, Quantization};
 use inferd_actors::request::{Event, GenerateRequest, SubmitError};
 use inferd_actors::sampler::SamplingParams;
 use inferd_actors::{
@@ -38,6 +38,7 @@ fn dep(model: &str, version: &str) -> ModelDeployment {
             kv_budget_bytes: BLOCKS,
             block_size: BS,
             max_context: Some(256),
+            quantization: Quantization::None,
         },
         devices: vec!["cpu".into()],
         max_num_seqs: 16,

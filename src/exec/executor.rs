@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use inferd_actors::executor::{
-    ExecError, Executor, ModelSpec, ReplicaId, ReplicaInfo, StepRequest, StepResult, TextDecoder,
+    ExecError, Executor, ModelSpec, Quantization, ReplicaId, ReplicaInfo, StepRequest, StepResult, TextDecoder,
 };
 use inferd_actors::ids::SeqId;
 use inferd_actors::sampler::Sampler;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::generate::eos_ids;
-use crate::model::loader::{LoadError, WeightSource};
+use crate::model::loader::{LoadError, Q4Rows, WeightSource};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{source, KvCache, LogitsFor, Model, Placement, SeqInput};
 
@@ -156,18 +156,28 @@ impl TchExecutor {
         let at = Placement {
             device: self.device,
             kind,
+            gguf_q4: spec.quantization == Quantization::Gguf,
         };
         let files = source::open(&spec.source).map_err(load_error)?;
         let counting = CountingSource {
             inner: files.weights.as_ref(),
             numel: Cell::new(0),
+            quantized_bytes: Cell::new(0),
         };
         let max_context = spec.max_context.map(|n| n as i64);
         let model =
             Model::from_source(&files.config, &counting, at, max_context).map_err(load_error)?;
-        let weight_bytes = counting.numel.get() * kind.elt_size_in_bytes() as u64;
+        let weight_bytes = counting.numel.get() * kind.elt_size_in_bytes() as u64 + counting.quantized_bytes.get();
         // The weight source may hold a whole mapped file; the model owns its copies now.
         drop(files.weights);
+        if spec.quantization == Quantization::Gguf {
+            let (q4, all) = model.q4_projections();
+            if q4 == 0 {
+                tracing::warn!(model = %spec.name, version = %spec.version, "quantization = \"gguf\": no projection kept in Q4 blocks (the file has no Q4_0/Q4_1 weights, or this CPU lacks AVX512_BF16); serving them dequantized");
+            } else {
+                tracing::info!(model = %spec.name, version = %spec.version, q4, all, "quantization = \"gguf\": projections kept in their Q4 blocks");
+            }
+        }
 
         let block_size = spec.block_size as i64;
         if block_size <= 0 {
@@ -346,6 +356,8 @@ fn copy_rows(
 struct CountingSource<'a> {
     inner: &'a (dyn WeightSource + Send + Sync),
     numel: Cell<u64>,
+    /// Bytes of weights kept quantized.
+    quantized_bytes: Cell<u64>,
 }
 
 impl WeightSource for CountingSource<'_> {
@@ -353,6 +365,13 @@ impl WeightSource for CountingSource<'_> {
         let t = self.inner.load(name)?;
         self.numel.set(self.numel.get() + t.numel() as u64);
         Ok(t)
+    }
+    fn load_q4(&self, name: &str) -> Result<Option<Q4Rows>, LoadError> {
+        let rows = self.inner.load_q4(name)?;
+        if let Some(r) = &rows {
+            self.quantized_bytes.set(self.quantized_bytes.get() + r.data.len() as u64);
+        }
+        Ok(rows)
     }
     fn shape(&self, name: &str) -> Option<Vec<i64>> {
         self.inner.shape(name)
@@ -448,6 +467,7 @@ mod tests {
             kv_budget_bytes,
             block_size: 16,
             max_context: Some(2048),
+            quantization: Quantization::None,
         }
     }
 

@@ -130,4 +130,11 @@ impl Llama {
     pub fn lm_head(&self) -> &Linear {
         &self.lm_head
     }
+
+    /// How many projections keep their weight in GGUF Q4 blocks, of how many.
+    pub fn q4_projections(&self) -> (usize, usize) {
+        let blocks = self.blocks.iter().flat_map(|b| [&b.attn.qkv, &b.attn.o, &b.mlp.gate_up, &b.mlp.down]);
+        let all: Vec<&Linear> = blocks.chain([&self.lm_head]).collect();
+        (all.iter().filter(|l| l.is_q4()).count(), all.len())
+    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod cpu_pool;
 pub mod fused_cpu;
 pub mod gemv_bf16;
+pub mod gemv_q4;
 pub mod gpt2;
 pub mod hf_config;
 pub mod inference_mode;
@@ -75,6 +76,15 @@ impl Model {
 
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// How many projections keep their weight in GGUF Q4 blocks
+    /// (`quantization = "gguf"`), of how many.
+    pub fn q4_projections(&self) -> (usize, usize) {
+        match &self.family {
+            Family::Llama(m) => m.q4_projections(),
+            Family::Gpt2(_) => (0, 0),
+        }
     }
 
     /// Longest sequence (prompt + output) this model instance can hold.

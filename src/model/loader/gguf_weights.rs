@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use tch::Tensor;
 
 use super::gguf::GgufFile;
-use super::{LoadError, WeightSource};
+use super::dequant::GgmlType;
+use super::{LoadError, Q4Rows, WeightSource};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
 
 /// What to do to a GGUF tensor to get the HF one.
@@ -245,6 +246,42 @@ impl WeightSource for GgufWeights {
             Fixup::Unpermute(h) => unpermute_rows(&t, h).map_err(torch),
             Fixup::Transpose => t.f_tr().and_then(|t| t.f_contiguous()).map_err(torch),
         }
+    }
+
+    fn load_q4(&self, name: &str) -> Result<Option<Q4Rows>, LoadError> {
+        let Some((gguf_name, fix)) = self.names.get(name) else {
+            return Err(LoadError::MissingTensor { path: self.file.path.clone(), tensor: name.to_string() });
+        };
+        let info = self.file.tensor_info(gguf_name).ok_or_else(|| LoadError::MissingTensor {
+            path: self.file.path.clone(),
+            tensor: name.to_string(),
+        })?;
+        let ty = info.ggml_type;
+        let shape = info.torch_shape();
+        if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) || shape.len() != 2 || *fix == Fixup::Transpose {
+            return Ok(None);
+        }
+        let (n, k) = (shape[0], shape[1]);
+        let mut rows = Q4Rows { ty, n, k, data: self.file.tensor_bytes(gguf_name)?.to_vec() };
+        if rows.data.len() != n as usize * rows.row_bytes() {
+            return Err(LoadError::Format {
+                path: self.file.path.clone(),
+                format: "GGUF",
+                reason: format!("tensor `{gguf_name}`: {} bytes do not hold {n} rows of {k} {ty} values", rows.data.len()),
+            });
+        }
+        if let Fixup::Unpermute(h) = *fix {
+            // The permutation moves whole rows, so it applies to the blocks as
+            // bytes just as to the values.
+            let torch = |source| LoadError::Torch { path: self.file.path.clone(), source };
+            let bytes = Tensor::f_from_slice(&rows.data)
+                .and_then(|t| t.f_reshape([n, rows.row_bytes() as i64]))
+                .and_then(|t| unpermute_rows(&t, h))
+                .and_then(|t| t.f_contiguous())
+                .map_err(torch)?;
+            bytes.f_copy_data_u8(&mut rows.data, bytes.numel()).map_err(torch)?;
+        }
+        Ok(Some(rows))
     }
 
     fn shape(&self, name: &str) -> Option<Vec<i64>> {

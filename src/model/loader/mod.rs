@@ -28,6 +28,15 @@ pub trait WeightSource {
     /// The file (or folder) the weights come from, for error messages.
     fn origin(&self) -> PathBuf;
 
+    /// A 2-d weight's raw 4-bit GGUF blocks (Q4_0 or Q4_1), rows in Hugging
+    /// Face order, for `quantization = "gguf"`; `None` when the tensor is
+    /// stored any other way (the model then loads it with [`load`]).
+    ///
+    /// [`load`]: WeightSource::load
+    fn load_q4(&self, _name: &str) -> Result<Option<Q4Rows>, LoadError> {
+        Ok(None)
+    }
+
     /// Load a tensor and check its shape.
     fn load_shaped(&self, name: &str, expected: &[i64]) -> Result<tch::Tensor, LoadError> {
         let t = self.load(name)?;
@@ -40,6 +49,45 @@ pub trait WeightSource {
             });
         }
         Ok(t)
+    }
+}
+
+/// A weight [n, k] as GGUF stores it in Q4_0 or Q4_1: row r is `k / 32`
+/// blocks of `ty.type_size()` bytes at `r * row_bytes()`.
+#[derive(Debug, Clone)]
+pub struct Q4Rows {
+    pub ty: dequant::GgmlType,
+    pub n: i64,
+    pub k: i64,
+    pub data: Vec<u8>,
+}
+
+impl Q4Rows {
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        (self.k as usize / 32) * self.ty.type_size() as usize
+    }
+
+    /// The weight dequantized to f32 [n, k] (tests and references).
+    pub fn dequantize(&self) -> Result<tch::Tensor, String> {
+        let mut out = vec![0f32; (self.n * self.k) as usize];
+        dequant::dequantize_into(self.ty, &self.data, &mut out).map_err(|e| format!("{e:?}"))?;
+        tch::Tensor::f_from_slice(&out)
+            .and_then(|t| t.f_reshape([self.n, self.k]))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rows of several weights with the same k and type, stacked in order;
+    /// `None` when they differ.
+    pub fn stack(parts: Vec<Q4Rows>) -> Option<Q4Rows> {
+        let first = parts.first()?;
+        let (ty, k) = (first.ty, first.k);
+        if parts.iter().any(|p| p.ty != ty || p.k != k) {
+            return None;
+        }
+        let n = parts.iter().map(|p| p.n).sum();
+        let data = parts.into_iter().flat_map(|p| p.data).collect();
+        Some(Q4Rows { ty, n, k, data })
     }
 }
 
