@@ -50,7 +50,7 @@ fn compile_shims(torch: &Path) {
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
-        "src/model/gemv_q4.cpp",
+        "src/model/gemv_gguf.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
         "src/model/chunk_attention.cpp",

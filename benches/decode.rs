@@ -3,9 +3,9 @@
 //! 128-token context and each iteration is one batched decode step (the same
 //! slot is rewritten, so the context stays fixed). `bf16-ctx4096` repeats
 //! bf16 at batch 1 and 8 with 4096-token contexts, where decode attention
-//! reads as many bytes per step as the weights. `q4-gguf` is bf16 with the
-//! file's Q4_1 layer weights kept in their blocks (`quantization = "gguf"`),
-//! on CPUs with AVX512_BF16. Criterion reports
+//! reads as many bytes per step as the weights. `gguf-blocks` is bf16 with the
+//! file's weights kept in their blocks (the layers' Q4_1, the tied head's
+//! Q8_0: `quantization = "gguf"`), on CPUs with AVX512_BF16. Criterion reports
 //! elements/s = generated tokens/s. `benches/transformers_decode.py` measures
 //! transformers' generate on the same GGUF in the same `make bench` run.
 
@@ -25,15 +25,15 @@ fn decode_steps(c: &mut Criterion) {
     group.sample_size(20);
     let cases: [(&str, Kind, bool, i64, &[i64]); 4] = [
         ("bf16", Kind::BFloat16, false, CONTEXT, &[1, 8, 32]),
-        ("q4-gguf", Kind::BFloat16, true, CONTEXT, &[1, 8, 32]),
+        ("gguf-blocks", Kind::BFloat16, true, CONTEXT, &[1, 8, 32]),
         ("bf16-ctx4096", Kind::BFloat16, false, 4096, &[1, 8]),
         ("f32", Kind::Float, false, CONTEXT, &[1, 8, 32]),
     ];
-    for (name, kind, gguf_q4, context, batches) in cases {
-        if gguf_q4 && !inferd::model::gemv_q4::available() {
+    for (name, kind, gguf_blocks, context, batches) in cases {
+        if gguf_blocks && !inferd::model::gemv_gguf::available() {
             continue;
         }
-        let model = Model::from_source(&files.config, files.weights.as_ref(), Placement { device: Device::Cpu, kind, gguf_q4 }, Some(8192)).expect("model");
+        let model = Model::from_source(&files.config, files.weights.as_ref(), Placement { device: Device::Cpu, kind, gguf_blocks }, Some(8192)).expect("model");
         for &batch in batches {
             let per_seq = (context + 1 + BLOCK - 1) / BLOCK;
             let mut cache = model.new_cache(per_seq * batch, BLOCK).expect("cache");

@@ -25,7 +25,7 @@
 //!   spends outside the products.
 //! - `layer_stream`: the 30 layers' products (212 MB in bf16) back to back
 //!   at 1, 8 and 32 rows, bf16 (`gemv_bf16`) against the same shapes kept as
-//!   GGUF Q4_1 blocks (`gemv_q4`, 66 MB): what `quantization = "gguf"` buys
+//!   GGUF Q4_1 blocks (`gemv_gguf`, 66 MB): what `quantization = "gguf"` buys
 //!   at each batch size with nothing else in the step.
 //!
 //! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
@@ -34,9 +34,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use criterion::Throughput;
 use inferd::model::cpu_pool::PoolScope;
-use inferd::model::gemv_q4::Q4Weight;
-use inferd::model::loader::{dequant::GgmlType, Q4Rows};
-use inferd::model::{fused_cpu, gemv_bf16, gemv_q4, packed_linear};
+use inferd::model::gemv_gguf::GgufWeight;
+use inferd::model::loader::{dequant::GgmlType, QuantRows};
+use inferd::model::{fused_cpu, gemv_bf16, gemv_gguf, packed_linear};
 use inferd::model::inference_mode::InferenceMode;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
@@ -232,7 +232,7 @@ fn weight_stream(c: &mut Criterion) {
 }
 
 /// Q4_1 rows of random nibbles with scales like SmolLM2's.
-fn random_q4_1(n: i64, k: i64, seed: u64) -> Q4Rows {
+fn random_q4_1(n: i64, k: i64, seed: u64) -> QuantRows {
     let mut state = seed;
     let mut data = Vec::with_capacity((n * k / 32 * 20) as usize);
     for _ in 0..n * k / 32 {
@@ -241,11 +241,11 @@ fn random_q4_1(n: i64, k: i64, seed: u64) -> Q4Rows {
         data.extend_from_slice(&half::f16::from_f32(-0.03).to_le_bytes());
         data.extend((0..16).map(|i| (state >> (i * 4)) as u8));
     }
-    Q4Rows { ty: GgmlType::Q4_1, n, k, data }
+    QuantRows { ty: GgmlType::Q4_1, n, k, data }
 }
 
 fn layer_stream(c: &mut Criterion) {
-    if !gemv_q4::available() {
+    if !gemv_gguf::available() {
         eprintln!("no AVX512_BF16 here: layer_stream skipped");
         return;
     }
@@ -259,13 +259,13 @@ fn layer_stream(c: &mut Criterion) {
     let mut q4_w = Vec::new();
     for (i, &(n, k)) in shapes.iter().enumerate() {
         let rows = random_q4_1(n, k, i as u64 + 1);
-        q4_w.push(Q4Weight::pack(&rows).expect("pack").expect("shape packs"));
+        q4_w.push(GgufWeight::pack(&rows).expect("pack").expect("shape packs"));
         let dense = rows.dequantize().expect("dequantize").to_kind(Kind::BFloat16);
         bf16_w.push(packed_linear::pack(&dense, 16).expect("oneDNN packs bf16 here"));
     }
     let mut group = c.benchmark_group("layer_stream");
     group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    for rows in [1i64, 8, 32] {
+    for rows in [1i64, 8, 32, 512] {
         let xs: Vec<Tensor> = shapes.iter().map(|&(_, k)| bf16(&[rows, k])).collect();
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_function(BenchmarkId::new("bf16", rows), |b| {

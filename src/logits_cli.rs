@@ -273,7 +273,7 @@ pub fn run(a: LogitsArgs) -> Result<()> {
     ensure!(a.block_size > 0, "--block-size must be at least 1");
     let device = parse_device(&a.device)?;
     let t0 = Instant::now();
-    let model = load_model(&a.model, Placement { device, kind: a.dtype.kind(), gguf_q4: false })
+    let model = load_model(&a.model, Placement { device, kind: a.dtype.kind(), gguf_blocks: false })
         .with_context(|| format!("loading {}", a.model.display()))?;
     let load_s = t0.elapsed().as_secs_f64();
     let vocab = model.config().vocab_size;

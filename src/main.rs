@@ -157,7 +157,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         Placement {
             device,
             kind: a.dtype.kind(),
-            gguf_q4: false,
+            gguf_blocks: false,
         },
         None,
     )?;

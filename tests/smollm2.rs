@@ -34,8 +34,8 @@ fn load_at(at: Placement) -> (Model, Tokenizer) {
 
 /// bf16 with the file's Q4_1 layer weights kept in their blocks
 /// (`quantization = "gguf"`), where the kernel runs (AVX512_BF16).
-fn gguf_q4() -> Option<Placement> {
-    inferd::model::gemv_q4::available().then_some(Placement { gguf_q4: true, ..cpu(Kind::BFloat16) })
+fn gguf_blocks() -> Option<Placement> {
+    inferd::model::gemv_gguf::available().then_some(Placement { gguf_blocks: true, ..cpu(Kind::BFloat16) })
 }
 
 fn cases() -> Vec<Value> {
@@ -142,9 +142,9 @@ fn bf16_packs() -> bool {
 fn batched_decode_of_8_sequences_equals_each_alone() {
     let bf16_asserted = bf16_packs();
     println!("bf16 {}", if bf16_asserted { "asserted (native bf16, weights pack)" } else { "reported only (no native bf16, or weights do not pack)" });
-    let configs = [Some(cpu(Kind::Float)), Some(cpu(Kind::BFloat16)), gguf_q4()];
+    let configs = [Some(cpu(Kind::Float)), Some(cpu(Kind::BFloat16)), gguf_blocks()];
     for at in configs.into_iter().flatten() {
-        let (kind, q4) = (at.kind, at.gguf_q4);
+        let (kind, q4) = (at.kind, at.gguf_blocks);
         let (model, tok) = load_at(at);
         let prompts: Vec<Vec<u32>> = cases()
             .iter()
@@ -165,22 +165,22 @@ fn batched_decode_of_8_sequences_equals_each_alone() {
             let alone = greedy_batch(&model, std::slice::from_ref(p), steps).remove(0);
             let n = comparable(&alone.1);
             let same = batched[i].0.iter().zip(&alone.0).take_while(|(a, b)| a == b).count();
-            println!("{kind:?}{} seq {i} (len {}): {same}/{steps} identical; first near tie at step {n}", if q4 { " Q4" } else { "" }, lens[i]);
+            println!("{kind:?}{} seq {i} (len {}): {same}/{steps} identical; first near tie at step {n}", if q4 { " GGUF blocks" } else { "" }, lens[i]);
             agree += same.min(n);
             if kind == Kind::Float {
                 assert_eq!(&batched[i].0[..n], &alone.0[..n], "seq {i} (len {}): batched differs from alone: {:?}", lens[i], tok.decode(&alone.0, true));
             } else if q4 {
-                // One summation order per row at every row count (gemv_q4.cpp);
+                // One summation order per row at every row count (gemv_gguf.cpp);
                 // the LM head and the rest as in bf16, asserted where they pack.
                 if bf16_asserted {
-                    assert_eq!(batched[i].0, alone.0, "Q4 seq {i} (len {}): batched differs from alone", lens[i]);
+                    assert_eq!(batched[i].0, alone.0, "GGUF blocks seq {i} (len {}): batched differs from alone", lens[i]);
                 }
             } else if bf16_asserted {
                 // Identical logits: the same tokens even through near ties.
                 assert_eq!(batched[i].0, alone.0, "bf16 seq {i} (len {}): batched differs from alone", lens[i]);
             }
         }
-        println!("{kind:?}{}: 8 sequences of lengths {lens:?}: {agree} tokens compared before near ties agree", if q4 { " Q4" } else { "" });
+        println!("{kind:?}{}: 8 sequences of lengths {lens:?}: {agree} tokens compared before near ties agree", if q4 { " GGUF blocks" } else { "" });
     }
 }
 
@@ -251,8 +251,8 @@ fn bf16_prefill_in_chunks_after_a_cached_prefix_stays_with_f32() {
 /// allow, the same greedy token wherever f32's choice is clear, chunks after
 /// a cached prefix bit-identical to one pass, and the capital of France.
 #[test]
-fn gguf_q4_blocks_stay_with_f32_and_answer_paris() {
-    let Some(at) = gguf_q4() else {
+fn gguf_blocks_stay_with_f32_and_answer_paris() {
+    let Some(at) = gguf_blocks() else {
         println!("no AVX512_BF16 here: the Q4 kernel does not run; nothing to check");
         return;
     };
@@ -266,26 +266,26 @@ fn gguf_q4_blocks_stay_with_f32_and_answer_paris() {
     let truth = chunked_logits(&f32_model, &prompt, &[(0, n)]);
     drop(f32_model);
     let (model, tok) = load_at(at);
-    assert_eq!(model.q4_projections(), (120, 121), "every layer projection should be kept in Q4 blocks, the LM head not");
+    assert_eq!(model.quantized_projections(), (121, 121), "every projection should be kept in its blocks: the layers' Q4_1, the tied head's Q8_0");
     let whole = chunked_logits(&model, &prompt, &[(0, n)]);
     let chunked = chunked_logits(&model, &prompt, &[(0, 96), (96, 141), (141, n)]);
     let err = max_abs_diff(&whole, &truth);
-    println!("{n} positions: Q4 blocks vs f32 max|diff| {err:.3}");
+    println!("{n} positions: GGUF blocks vs f32 max|diff| {err:.3}");
     // The same bound as plain bf16 (whose weights are also rounded to bf16;
     // these are the file's exact values).
-    assert!(err <= 2.0, "Q4 blocks stray from f32 by {err}");
+    assert!(err <= 2.0, "GGUF blocks stray from f32 by {err}");
     if bf16_packs() && inferd::model::fused_cpu::chunk_attention_applies(&tch::Tensor::zeros([1, 1, 64], (Kind::BFloat16, Device::Cpu)), 64) {
-        assert!(chunked.equal(&whole), "Q4 prefill in chunks differs from one pass");
+        assert!(chunked.equal(&whole), "GGUF blocks prefill in chunks differs from one pass");
     }
     let (top, idx) = truth.topk(2, -1, true, true);
     let clear = (top.select(1, 0) - top.select(1, 1)).gt(1.0);
     let agree = whole.argmax(-1, false).eq_tensor(&idx.select(1, 0)).logical_or(&clear.logical_not()).all().int64_value(&[]);
-    assert_eq!(agree, 1, "Q4: a greedy token differs from f32 where f32's margin is over 1");
+    assert_eq!(agree, 1, "GGUF blocks: a greedy token differs from f32 where f32's margin is over 1");
 
     let text = tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     let req = GenerateRequest { prompt_ids: tok.encode(&text, false).unwrap(), max_tokens: 24, sampling: SamplingParams::default(), ignore_eos: false, stop: vec![] };
     let mut answer = String::new();
     generate(&model, &tok, &req, |p| answer.push_str(p)).unwrap();
-    println!("Q4 answer: {answer:?}");
+    println!("GGUF blocks answer: {answer:?}");
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }

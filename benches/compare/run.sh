@@ -12,6 +12,8 @@
 # peers (default: all of them):
 #   inferd            inferd serve, prefix caching on (dtype $INFERD_DTYPE)
 #   inferd-nocache    the same with prefix_caching = false (shared-prefix workload only)
+#   inferd-gguf       inferd serve, dtype bf16, quantization = "gguf": the file's
+#                     Q4_1/Q8_0 blocks multiplied as they are (sweep only; AVX512_BF16)
 #   llama-server      llama.cpp's server, -np <concurrency> -cb, one server per level
 #   llama-cpp-python  python -m llama_cpp.server (one request at a time)
 #   tf-serve          transformers serve
@@ -51,7 +53,7 @@ INFERD_KV_MB="${INFERD_KV_MB:-1024}"
 TF_DTYPE="${TF_DTYPE:-float32}"
 THREADS="${THREADS:-2}"
 READY_TIMEOUT="${READY_TIMEOUT:-600}"           # seconds for a server to load
-ALL_PEERS=(inferd inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
+ALL_PEERS=(inferd inferd-gguf inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
 
 smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix,pairs" out="" peers=() num_requests="" serial_max=""
 PAIRS="${PAIRS:-8}"
@@ -144,18 +146,20 @@ start_peer() {
   local peer=$1 slots=$2 per_req=$3 logf="$LOGS/$1-$4.log" port
   BENCH_EXTRA=()
   case "$peer" in
-    inferd|inferd-nocache)
-      local cfg="$TMP/inferd-$peer.toml" pc=true
+    inferd|inferd-nocache|inferd-gguf)
+      local cfg="$TMP/inferd-$peer.toml" pc=true dtype=$INFERD_DTYPE quant=none
       [[ $peer == inferd-nocache ]] && pc=false
+      [[ $peer == inferd-gguf ]] && dtype=bf16 quant=gguf
       rm -rf "$TMP/data"
       sed -e "s#\.\./weights#$ROOT/weights#" -e "s#^port = .*#port = 0#" \
           -e "s#^data_dir = .*#data_dir = \"$TMP/data\"#" \
-          -e "s#^dtype = .*#dtype = \"$INFERD_DTYPE\"#" \
+          -e "s#^dtype = .*#dtype = \"$dtype\"#" \
+          -e "s#^quantization = .*#quantization = \"$quant\"#" \
           -e "s#^max_num_seqs = .*#max_num_seqs = $INFERD_MAX_NUM_SEQS#" \
           -e "s#^kv_cache_mb = .*#kv_cache_mb = $INFERD_KV_MB#" \
           -e "s#^prefix_caching = .*#prefix_caching = $pc#" config/default.toml > "$cfg"
       local want
-      for want in "port = 0" "dtype = \"$INFERD_DTYPE\"" "max_num_seqs = $INFERD_MAX_NUM_SEQS" \
+      for want in "port = 0" "dtype = \"$dtype\"" "quantization = \"$quant\"" "max_num_seqs = $INFERD_MAX_NUM_SEQS" \
                   "kv_cache_mb = $INFERD_KV_MB" "prefix_caching = $pc"; do
         grep -q "^$want" "$cfg" || { echo "config/default.toml changed shape: no '$want' after the edits" >&2; exit 1; }
       done

@@ -14,11 +14,14 @@ import os
 import re
 import sys
 
-PEERS = ["inferd", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
+PEERS = ["inferd", "inferd-gguf", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
+# inferd's own configurations; every other peer is compared against each.
+OURS = ["inferd", "inferd-gguf"]
 PREFIX_PEERS = ["inferd", "inferd-nocache", "llama-server"]
 DESCR = {
     "inferd": "inferd serve",
     "inferd-nocache": "inferd serve, prefix_caching = false",
+    "inferd-gguf": "inferd serve, dtype bf16, quantization = \"gguf\" (the file's Q4_1/Q8_0 blocks multiplied as they are)",
     "llama-server": "llama.cpp llama-server -np N -cb",
     "llama-cpp-python": "llama-cpp-python[server] (one request at a time)",
     "tf-serve": "transformers serve",
@@ -209,12 +212,14 @@ def main():
                     "ttft_p99_ms": r["ttft_ms"]["p99"], "tpot_mean_ms": r["tpot_ms"]["mean"],
                     "completed": r["completed"], "failed": r["failed"]}
         L.append("")
-        inf = sweep.get("inferd", {})
-        others = [p for p in PEERS[1:] if p in sweep]
-        if inf and others:
-            L.append("### Ratios inferd / peer")
+        others = [p for p in PEERS if p in sweep and p not in OURS]
+        for ours in [o for o in OURS if o in sweep]:
+            inf = sweep[ours]
+            if not others:
+                break
+            L.append(f"### Ratios {ours} / peer")
             L.append("")
-            L.append("Throughput ratio > 1 and TTFT ratio < 1 mean inferd is ahead.")
+            L.append(f"Throughput ratio > 1 and TTFT ratio < 1 mean {ours} is ahead.")
             L.append("")
             L.append("| conc. | " + " | ".join(f"tok/s vs {p} | p99 TTFT vs {p}" for p in others) + " |")
             L.append("|---:|" + "---:|---:|" * len(others))
@@ -227,6 +232,7 @@ def main():
                     cells.append(ratio(ri and ri["ttft_ms"]["p99"], rp and rp["ttft_ms"]["p99"]))
                 L.append(f"| {c} | " + " | ".join(cells) + " |")
             L.append("")
+        if others and any(o in sweep for o in OURS):
             svg_chart(os.path.join(out, "throughput.svg"), "Output tokens/s vs concurrency", "output tok/s",
                       {p: {c: r["output_token_throughput"] for c, r in sweep[p].items()} for p in PEERS if p in sweep}, levels)
             svg_chart(os.path.join(out, "ttft_p99.svg"), "p99 time to first token", "p99 TTFT (ms)",
@@ -261,47 +267,51 @@ def main():
 
     # --- the targets, checked -----------------------------------------
     checks = []
-    inf, ls = sweep.get("inferd", {}), sweep.get("llama-server", {})
+    ls = sweep.get("llama-server", {})
 
     def tok(peer, c):
         r = sweep.get(peer, {}).get(c)
         return r and r["output_token_throughput"]
 
-    if 16 in inf and 16 in ls:
-        q = inf[16]["output_token_throughput"] / ls[16]["output_token_throughput"]
-        checks.append(("16 streams: inferd tok/s >= 1.5x llama-server", f"{q:.2f}x", q >= 1.5))
-        q = inf[16]["ttft_ms"]["p99"] / ls[16]["ttft_ms"]["p99"]
-        checks.append(("16 streams: inferd p99 TTFT <= 0.5x llama-server", f"{q:.2f}x", q <= 0.5))
-    if 64 in inf and ls:
-        best = max(r["output_token_throughput"] for r in ls.values())
-        q = inf[64]["output_token_throughput"] / best
-        checks.append(("64 streams: inferd tok/s >= 2x llama-server's best level", f"{q:.2f}x", q >= 2))
-    for peer, want, label in (("tf-serve", 10, ">= 10x transformers serve"), ("tf-serve-cb", 1, "> transformers serve --continuous-batching")):
-        common = sorted(c for c in inf if c in sweep.get(peer, {}))
-        if common:
-            qs = [tok("inferd", c) / tok(peer, c) for c in common]
-            ok = min(qs) >= want if want > 1 else min(qs) > 1
-            checks.append((f"inferd tok/s {label} (every level)", ", ".join(f"c={c}: {q:.1f}x" for c, q in zip(common, qs)), ok))
-    dtype = machine.get("inferd_dtype", "f32")
-    key = {"f32": "f32", "bf16": "bf16"}.get(dtype)
-    if 1 in inf and key and bound.get(key):
-        r = inf[1]
-        decode = 1000.0 / r["tpot_ms"]["mean"] if r["tpot_ms"]["mean"] else None
-        frac = decode / bound[key] if decode else 0
-        # Every bandwidth sample's own fraction too: when they disagree, the
-        # VM's bandwidth moved within the minute and the judged (highest)
-        # one is the strictest reading, not the only one.
-        samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
-        gbs = [best_gbs(b) for b in samples if b]
-        nbytes = inferd_weight_bytes(machine)
-        fracs = [decode * nbytes / (g * 1e9) for g in gbs] if decode and nbytes else []
-        spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
-                  + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""
-        checks.append((f"1 stream: inferd decode >= 90% of the {dtype} bound ({bound[key]} tok/s)",
-                       f"{decode:.1f} tok/s = {100 * frac:.0f}% (output tok/s incl. prefill {r['output_token_throughput']:.1f}){spread}",
-                       frac >= 0.9))
-        summary["one_stream"] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key], "fraction": frac,
-                                 "fraction_per_bandwidth_sample": fracs}
+    for ours in [o for o in OURS if o in sweep]:
+        inf = sweep[ours]
+        if 16 in inf and 16 in ls:
+            q = inf[16]["output_token_throughput"] / ls[16]["output_token_throughput"]
+            checks.append((f"16 streams: {ours} tok/s >= 1.5x llama-server", f"{q:.2f}x", q >= 1.5))
+            q = inf[16]["ttft_ms"]["p99"] / ls[16]["ttft_ms"]["p99"]
+            checks.append((f"16 streams: {ours} p99 TTFT <= 0.5x llama-server", f"{q:.2f}x", q <= 0.5))
+        if 64 in inf and ls:
+            best = max(r["output_token_throughput"] for r in ls.values())
+            q = inf[64]["output_token_throughput"] / best
+            checks.append((f"64 streams: {ours} tok/s >= 2x llama-server's best level", f"{q:.2f}x", q >= 2))
+        for peer, want, label in (("tf-serve", 10, ">= 10x transformers serve"), ("tf-serve-cb", 1, "> transformers serve --continuous-batching")):
+            common = sorted(c for c in inf if c in sweep.get(peer, {}))
+            if common:
+                qs = [tok(ours, c) / tok(peer, c) for c in common]
+                ok = min(qs) >= want if want > 1 else min(qs) > 1
+                checks.append((f"{ours} tok/s {label} (every level)", ", ".join(f"c={c}: {q:.1f}x" for c, q in zip(common, qs)), ok))
+        # The weight format's bound: bf16/f32 for `inferd`, the file's own
+        # blocks (the "q4_1" bound: the GGUF's stored bytes) for `inferd-gguf`.
+        dtype = machine.get("inferd_dtype", "f32") if ours == "inferd" else "gguf"
+        key = {"f32": "f32", "bf16": "bf16", "gguf": "q4_1"}.get(dtype)
+        if 1 in inf and key and bound.get(key):
+            r = inf[1]
+            decode = 1000.0 / r["tpot_ms"]["mean"] if r["tpot_ms"]["mean"] else None
+            frac = decode / bound[key] if decode else 0
+            # Every bandwidth sample's own fraction too: when they disagree, the
+            # VM's bandwidth moved within the minute and the judged (highest)
+            # one is the strictest reading, not the only one.
+            samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
+            gbs = [best_gbs(b) for b in samples if b]
+            nbytes = inferd_weight_bytes(machine) if ours == "inferd" else machine.get("weights", {}).get("gguf_bytes")
+            fracs = [decode * nbytes / (g * 1e9) for g in gbs] if decode and nbytes else []
+            spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
+                      + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""
+            checks.append((f"1 stream: {ours} decode >= 90% of the {dtype} bound ({bound[key]} tok/s)",
+                           f"{decode:.1f} tok/s = {100 * frac:.0f}% (output tok/s incl. prefill {r['output_token_throughput']:.1f}){spread}",
+                           frac >= 0.9))
+            summary.setdefault("one_stream", {})[ours] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key],
+                                                          "fraction": frac, "fraction_per_bandwidth_sample": fracs}
     pairs = pairs_of(out, machine)
     if pairs:
         fr = sorted(f for _, _, _, f in pairs)

@@ -25,7 +25,7 @@ use inferd_actors::sampler::Sampler;
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::generate::eos_ids;
-use crate::model::loader::{LoadError, Q4Rows, WeightSource};
+use crate::model::loader::{LoadError, QuantRows, WeightSource};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{source, KvCache, LogitsFor, Model, Placement, SeqInput};
 
@@ -156,7 +156,7 @@ impl TchExecutor {
         let at = Placement {
             device: self.device,
             kind,
-            gguf_q4: spec.quantization == Quantization::Gguf,
+            gguf_blocks: spec.quantization == Quantization::Gguf,
         };
         let files = source::open(&spec.source).map_err(load_error)?;
         let counting = CountingSource {
@@ -171,11 +171,11 @@ impl TchExecutor {
         // The weight source may hold a whole mapped file; the model owns its copies now.
         drop(files.weights);
         if spec.quantization == Quantization::Gguf {
-            let (q4, all) = model.q4_projections();
-            if q4 == 0 {
-                tracing::warn!(model = %spec.name, version = %spec.version, "quantization = \"gguf\": no projection kept in Q4 blocks (the file has no Q4_0/Q4_1 weights, or this CPU lacks AVX512_BF16); serving them dequantized");
+            let (kept, all) = model.quantized_projections();
+            if kept == 0 {
+                tracing::warn!(model = %spec.name, version = %spec.version, "quantization = \"gguf\": no projection kept in GGUF blocks (the file has no Q4_0/Q4_1/Q8_0 weights, or this CPU lacks AVX512_BF16); serving them dequantized");
             } else {
-                tracing::info!(model = %spec.name, version = %spec.version, q4, all, "quantization = \"gguf\": projections kept in their Q4 blocks");
+                tracing::info!(model = %spec.name, version = %spec.version, kept, all, "quantization = \"gguf\": projections kept in their GGUF blocks");
             }
         }
 
@@ -366,8 +366,8 @@ impl WeightSource for CountingSource<'_> {
         self.numel.set(self.numel.get() + t.numel() as u64);
         Ok(t)
     }
-    fn load_q4(&self, name: &str) -> Result<Option<Q4Rows>, LoadError> {
-        let rows = self.inner.load_q4(name)?;
+    fn load_quant(&self, name: &str) -> Result<Option<QuantRows>, LoadError> {
+        let rows = self.inner.load_quant(name)?;
         if let Some(r) = &rows {
             self.quantized_bytes.set(self.quantized_bytes.get() + r.data.len() as u64);
         }

@@ -11,8 +11,8 @@ use tch::{Device, Kind, TchError, Tensor};
 use super::config::{ModelConfig, RopeScaling};
 use super::fused_cpu;
 use super::loader::{LoadError, WeightSource};
-use super::gemv_q4::Q4Weight;
-use super::loader::Q4Rows;
+use super::gemv_gguf::GgufWeight;
+use super::loader::QuantRows;
 use super::packed_linear::{self, PackedWeight};
 
 /// Where and in which float kind the model runs.
@@ -20,9 +20,9 @@ use super::packed_linear::{self, PackedWeight};
 pub struct Placement {
     pub device: Device,
     pub kind: Kind,
-    /// Keep a GGUF file's Q4_0/Q4_1 linear weights in their 4-bit blocks and
+    /// Keep a GGUF file's Q4_0/Q4_1/Q8_0 linear weights in their blocks and
     /// multiply them there (`quantization = "gguf"`; CPU, bf16, AVX512_BF16).
-    pub gguf_q4: bool,
+    pub gguf_blocks: bool,
 }
 
 impl Placement {
@@ -69,9 +69,9 @@ enum WeightForm {
     Mm(Tensor),
     /// oneDNN's blocked layout, CPU bf16/f16.
     Packed(PackedWeight),
-    /// A GGUF file's 4-bit blocks, multiplied by `gemv_q4`'s kernel at
-    /// every row count (CPU bf16 with `gguf_q4`).
-    Q4(Q4Weight),
+    /// A GGUF file's quantized blocks, multiplied by `gemv_gguf`'s kernel
+    /// at every row count (CPU bf16 with `gguf_blocks`).
+    Quant(GgufWeight),
 }
 
 /// Rows the packed layout is tuned for: a decode step's batch. Any row count
@@ -89,14 +89,14 @@ impl Linear {
     /// replaces several. The output's columns follow `parts`' order.
     pub fn load_fused(ws: &dyn WeightSource, at: &Placement, parts: &[(&str, i64)], in_dim: i64, bias: bool) -> Result<Linear, LoadError> {
         let torch = |source| LoadError::Torch { path: ws.origin(), source };
-        if let Some(weight) = Self::load_q4(ws, at, parts, in_dim)? {
+        if let Some(weight) = Self::load_quant(ws, at, parts, in_dim)? {
             let bias = if bias {
                 let biases = parts.iter().map(|(prefix, out_dim)| ws.load_shaped(&format!("{prefix}.bias"), &[*out_dim])).collect::<Result<Vec<_>, _>>()?;
                 Some(at.place(ws, Tensor::f_cat(&biases, 0).map_err(torch)?)?)
             } else {
                 None
             };
-            return Ok(Linear { weight: WeightForm::Q4(weight), bias });
+            return Ok(Linear { weight: WeightForm::Quant(weight), bias });
         }
         let mut weights = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(parts.len());
@@ -111,22 +111,30 @@ impl Linear {
         Ok(Linear { bias, ..Self::from_placed(ws, &at.place(ws, w)?, at)? })
     }
 
+    /// `{prefix}.weight` [out, in] kept in its GGUF blocks, without bias
+    /// (a tied LM head read from the embedding's blocks); `None` where
+    /// [`load_fused`](Self::load_fused) would dequantize it.
+    pub fn load_blocks(ws: &dyn WeightSource, at: &Placement, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Option<Linear>, LoadError> {
+        Ok(Self::load_quant(ws, at, &[(prefix, out_dim)], in_dim)?.map(|w| Linear { weight: WeightForm::Quant(w), bias: None }))
+    }
+
     /// The parts' weights kept in their GGUF blocks, when `at` asks for that,
-    /// the kernel runs here and every part is Q4 of one type with the
-    /// expected shape; `None` sends the caller down the dequantizing path.
-    fn load_q4(ws: &dyn WeightSource, at: &Placement, parts: &[(&str, i64)], in_dim: i64) -> Result<Option<Q4Weight>, LoadError> {
-        if !at.gguf_q4 || at.device != Device::Cpu || at.kind != Kind::BFloat16 || !super::gemv_q4::available() {
+    /// the kernel runs here and every part is Q4_0, Q4_1 or Q8_0, all of one
+    /// type, with the expected shape; `None` sends the caller down the
+    /// dequantizing path.
+    fn load_quant(ws: &dyn WeightSource, at: &Placement, parts: &[(&str, i64)], in_dim: i64) -> Result<Option<GgufWeight>, LoadError> {
+        if !at.gguf_blocks || at.device != Device::Cpu || at.kind != Kind::BFloat16 || !super::gemv_gguf::available() {
             return Ok(None);
         }
         let mut rows = Vec::with_capacity(parts.len());
         for (prefix, out_dim) in parts {
-            match ws.load_q4(&format!("{prefix}.weight"))? {
+            match ws.load_quant(&format!("{prefix}.weight"))? {
                 Some(r) if r.n == *out_dim && r.k == in_dim => rows.push(r),
                 _ => return Ok(None),
             }
         }
-        let Some(rows) = Q4Rows::stack(rows) else { return Ok(None) };
-        Q4Weight::pack(&rows).map_err(|source| LoadError::Torch { path: ws.origin(), source })
+        let Some(rows) = QuantRows::stack(rows) else { return Ok(None) };
+        GgufWeight::pack(&rows).map_err(|source| LoadError::Torch { path: ws.origin(), source })
     }
 
     /// A projection, without bias, from an already placed [out, in] weight
@@ -150,22 +158,22 @@ impl Linear {
     pub fn row_kernel_rows(&self) -> i64 {
         match (&self.weight, &self.bias) {
             (WeightForm::Packed(p), None) => p.row_kernel_rows(),
-            (WeightForm::Q4(_), _) => i64::MAX,
+            (WeightForm::Quant(_), _) => i64::MAX,
             _ => 0,
         }
     }
 
-    /// Whether the weight is kept in GGUF Q4 blocks (`gemv_q4`).
-    pub fn is_q4(&self) -> bool {
-        matches!(self.weight, WeightForm::Q4(_))
+    /// Whether the weight is kept in GGUF blocks (`gemv_gguf`).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.weight, WeightForm::Quant(_))
     }
 
     /// x: [T, in] -> [T, out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         match (&self.weight, &self.bias) {
             (WeightForm::Packed(p), bias) => packed_linear::linear(x, p, bias.as_ref()),
-            (WeightForm::Q4(w), None) => w.forward(x),
-            (WeightForm::Q4(w), Some(b)) => w.forward(x)?.f_add(b),
+            (WeightForm::Quant(w), None) => w.forward(x),
+            (WeightForm::Quant(w), Some(b)) => w.forward(x)?.f_add(b),
             (WeightForm::Mm(w_t), Some(b)) => b.f_addmm(x, w_t),
             (WeightForm::Mm(w_t), None) => x.f_mm(w_t),
         }

@@ -71,8 +71,13 @@ impl Llama {
         }
         let norm = RmsNorm::load(ws, &at, "model.norm.weight", h, cfg.norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings || !ws.contains("lm_head.weight") {
-            // On CPU this is a transposed copy of the table (see Linear).
-            Linear::from_placed(ws, &embed.weight, &at)?
+            match Linear::load_blocks(ws, &at, "model.embed_tokens", h, cfg.vocab_size)? {
+                // The table's own blocks (quantization = "gguf"); the lookup
+                // above keeps its bf16 copy.
+                Some(head) => head,
+                // On CPU this is a transposed copy of the table (see Linear).
+                None => Linear::from_placed(ws, &embed.weight, &at)?,
+            }
         } else {
             Linear::load(ws, &at, "lm_head", h, cfg.vocab_size, false)?
         };
@@ -131,10 +136,10 @@ impl Llama {
         &self.lm_head
     }
 
-    /// How many projections keep their weight in GGUF Q4 blocks, of how many.
-    pub fn q4_projections(&self) -> (usize, usize) {
+    /// How many projections keep their weight in GGUF blocks, of how many.
+    pub fn quantized_projections(&self) -> (usize, usize) {
         let blocks = self.blocks.iter().flat_map(|b| [&b.attn.qkv, &b.attn.o, &b.mlp.gate_up, &b.mlp.down]);
         let all: Vec<&Linear> = blocks.chain([&self.lm_head]).collect();
-        (all.iter().filter(|l| l.is_q4()).count(), all.len())
+        (all.iter().filter(|l| l.is_quantized()).count(), all.len())
     }
 }

@@ -12,7 +12,7 @@ pub mod config;
 pub mod cpu_pool;
 pub mod fused_cpu;
 pub mod gemv_bf16;
-pub mod gemv_q4;
+pub mod gemv_gguf;
 pub mod gpt2;
 pub mod hf_config;
 pub mod inference_mode;
@@ -78,11 +78,11 @@ impl Model {
         self.placement
     }
 
-    /// How many projections keep their weight in GGUF Q4 blocks
+    /// How many projections keep their weight in GGUF blocks
     /// (`quantization = "gguf"`), of how many.
-    pub fn q4_projections(&self) -> (usize, usize) {
+    pub fn quantized_projections(&self) -> (usize, usize) {
         match &self.family {
-            Family::Llama(m) => m.q4_projections(),
+            Family::Llama(m) => m.quantized_projections(),
             Family::Gpt2(_) => (0, 0),
         }
     }

@@ -21,7 +21,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 }
 
 pub fn cpu(kind: Kind) -> Placement {
-    Placement { device: Device::Cpu, kind, gguf_q4: false }
+    Placement { device: Device::Cpu, kind, gguf_blocks: false }
 }
 
 /// Load a Hugging Face folder fixture.

@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use super::gguf::GgufFile;
 use super::dequant::GgmlType;
-use super::{LoadError, Q4Rows, WeightSource};
+use super::{LoadError, QuantRows, WeightSource};
 use crate::model::config::{Arch, ModelConfig, RopeScaling};
 
 /// What to do to a GGUF tensor to get the HF one.
@@ -248,7 +248,7 @@ impl WeightSource for GgufWeights {
         }
     }
 
-    fn load_q4(&self, name: &str) -> Result<Option<Q4Rows>, LoadError> {
+    fn load_quant(&self, name: &str) -> Result<Option<QuantRows>, LoadError> {
         let Some((gguf_name, fix)) = self.names.get(name) else {
             return Err(LoadError::MissingTensor { path: self.file.path.clone(), tensor: name.to_string() });
         };
@@ -258,11 +258,11 @@ impl WeightSource for GgufWeights {
         })?;
         let ty = info.ggml_type;
         let shape = info.torch_shape();
-        if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1) || shape.len() != 2 || *fix == Fixup::Transpose {
+        if !matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0) || shape.len() != 2 || *fix == Fixup::Transpose {
             return Ok(None);
         }
         let (n, k) = (shape[0], shape[1]);
-        let mut rows = Q4Rows { ty, n, k, data: self.file.tensor_bytes(gguf_name)?.to_vec() };
+        let mut rows = QuantRows { ty, n, k, data: self.file.tensor_bytes(gguf_name)?.to_vec() };
         if rows.data.len() != n as usize * rows.row_bytes() {
             return Err(LoadError::Format {
                 path: self.file.path.clone(),

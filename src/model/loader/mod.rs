@@ -28,12 +28,12 @@ pub trait WeightSource {
     /// The file (or folder) the weights come from, for error messages.
     fn origin(&self) -> PathBuf;
 
-    /// A 2-d weight's raw 4-bit GGUF blocks (Q4_0 or Q4_1), rows in Hugging
+    /// A 2-d weight's raw GGUF blocks (Q4_0, Q4_1 or Q8_0), rows in Hugging
     /// Face order, for `quantization = "gguf"`; `None` when the tensor is
     /// stored any other way (the model then loads it with [`load`]).
     ///
     /// [`load`]: WeightSource::load
-    fn load_q4(&self, _name: &str) -> Result<Option<Q4Rows>, LoadError> {
+    fn load_quant(&self, _name: &str) -> Result<Option<QuantRows>, LoadError> {
         Ok(None)
     }
 
@@ -52,17 +52,17 @@ pub trait WeightSource {
     }
 }
 
-/// A weight [n, k] as GGUF stores it in Q4_0 or Q4_1: row r is `k / 32`
+/// A weight [n, k] as GGUF stores it in Q4_0, Q4_1 or Q8_0: row r is `k / 32`
 /// blocks of `ty.type_size()` bytes at `r * row_bytes()`.
 #[derive(Debug, Clone)]
-pub struct Q4Rows {
+pub struct QuantRows {
     pub ty: dequant::GgmlType,
     pub n: i64,
     pub k: i64,
     pub data: Vec<u8>,
 }
 
-impl Q4Rows {
+impl QuantRows {
     /// Bytes per row.
     pub fn row_bytes(&self) -> usize {
         (self.k as usize / 32) * self.ty.type_size() as usize
@@ -79,7 +79,7 @@ impl Q4Rows {
 
     /// Rows of several weights with the same k and type, stacked in order;
     /// `None` when they differ.
-    pub fn stack(parts: Vec<Q4Rows>) -> Option<Q4Rows> {
+    pub fn stack(parts: Vec<QuantRows>) -> Option<QuantRows> {
         let first = parts.first()?;
         let (ty, k) = (first.ty, first.k);
         if parts.iter().any(|p| p.ty != ty || p.k != k) {
@@ -87,7 +87,7 @@ impl Q4Rows {
         }
         let n = parts.iter().map(|p| p.n).sum();
         let data = parts.into_iter().flat_map(|p| p.data).collect();
-        Some(Q4Rows { ty, n, k, data })
+        Some(QuantRows { ty, n, k, data })
     }
 }
 
