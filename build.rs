@@ -12,6 +12,7 @@
 //! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
 //! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
 //! `src/model/gemv_bf16.cpp` (decode-row bf16 products on those packed bytes),
+//! `src/model/gemv_gguf.cpp` (products on a GGUF file's own Q4/Q8_0 blocks),
 //! `src/model/cpu_pool.cpp` (the decode steps' own worker threads),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
 //! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU),

@@ -95,6 +95,9 @@ struct LoadArgs {
     max_batched_tokens: Option<usize>,
     #[arg(long)]
     max_context: Option<usize>,
+    /// "gguf": keep a GGUF file's Q4_0/Q4_1/Q8_0 weights in their blocks (bf16, CPU).
+    #[arg(long)]
+    quantization: Option<String>,
 }
 
 impl LoadArgs {
@@ -111,6 +114,7 @@ impl LoadArgs {
                 self.max_batched_tokens.map(|v| json!(v)),
             ),
             ("max_context", self.max_context.map(|v| json!(v))),
+            ("quantization", self.quantization.as_ref().map(|q| json!(q))),
         ];
         for (k, v) in opt {
             if let Some(v) = v {
