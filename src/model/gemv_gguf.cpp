@@ -80,8 +80,10 @@ struct Q8 {
     static constexpr bool kMin = false;
     static constexpr int pair(int c, int) { return c; }
     INFERD_BF16_TARGET static inline void widen(const uint8_t* chunk, __m512bh* out) {
-        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk))));
-        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16))));
+        // maskz forms with every lane: the plain intrinsics trip GCC 12's
+        // -Wmaybe-uninitialized on their undefined pass-through operand.
+        const __m512 lo = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk))));
+        const __m512 hi = _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(chunk + 16))));
         out[0] = _mm512_cvtne2ps_pbh(hi, lo);  // lo's 16 values, then hi's
     }
 };
@@ -148,8 +150,10 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
 // at a time against one line (a line's blocks, 5-26 KB for SmolLM2, stay in
 // L1 across the passes); the last few rows take several lines at a time so
 // that one row still keeps eight accumulators going. (Widening a line once
-// into an L2 buffer for all passes measured 1.2x slower at 32 rows: the
-// nibbles from L1 plus three ALU operations beat 128 bytes from L2.)
+// into an L2 buffer for all passes measured 1.2x slower at 32 rows, and an
+// L1 buffer of eight blocks at a time 1.1x slower at 32 and 512 rows: a
+// vector loaded per VDPBF16PS, beside the input broadcast, costs more than
+// widening the nibbles in registers once per eight rows.)
 template <class F>
 INFERD_BF16_TARGET void run_group(const Problem& pb, int64_t rows, int64_t l0, int64_t count) {
     int64_t r = 0;
