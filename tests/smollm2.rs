@@ -83,13 +83,19 @@ fn greedy_matches_transformers_on_chat_prompts() {
     println!("compared {compared_total} greedy tokens over {} prompts", cases.len());
 }
 
+/// The model's greedy answer (up to 24 tokens) to a one-message chat.
+fn answer(model: &Model, tok: &Tokenizer, question: &str) -> String {
+    let text = tok.apply_chat_template(&[ChatMessage::new("user", question)], true).unwrap();
+    let req = GenerateRequest { prompt_ids: tok.encode(&text, false).unwrap(), max_tokens: 24, sampling: SamplingParams::default(), ignore_eos: false, stop: vec![] };
+    let mut answer = String::new();
+    generate(model, tok, &req, |p| answer.push_str(p)).unwrap();
+    answer
+}
+
 #[test]
 fn capital_of_france_is_paris() {
     let (model, tok) = load(Kind::BFloat16);
-    let text = tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
-    let req = GenerateRequest { prompt_ids: tok.encode(&text, false).unwrap(), max_tokens: 24, sampling: SamplingParams::default(), ignore_eos: false, stop: vec![] };
-    let mut answer = String::new();
-    generate(&model, &tok, &req, |p| answer.push_str(p)).unwrap();
+    let answer = answer(&model, &tok, "What is the capital of France?");
     println!("bf16 answer: {answer:?}");
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }
@@ -200,6 +206,26 @@ fn chunked_logits(model: &Model, prompt: &[i64], chunks: &[(usize, usize)]) -> t
     tch::Tensor::cat(&parts, 0)
 }
 
+/// Three chat exchanges back to back: some 200 positions of real text.
+fn exchanges() -> Vec<i64> {
+    cases()[1..4].iter().flat_map(|c| ids(&c["prompt_ids"]).into_iter().chain(ids(&c["output_ids"]))).map(i64::from).collect()
+}
+
+/// Whether bf16 prefill chunks are bit-identical to one pass here: the chunk
+/// attention kernel runs and the projections are batch-invariant.
+fn chunks_are_exact() -> bool {
+    bf16_packs() && inferd::model::fused_cpu::chunk_attention_applies(&tch::Tensor::zeros([1, 1, 64], (Kind::BFloat16, Device::Cpu)), 64)
+}
+
+/// Whether `got`'s greedy token equals `truth`'s at every position where
+/// truth's top-2 margin is over 1; and how many such positions there are.
+fn clear_choices_agree(got: &tch::Tensor, truth: &tch::Tensor) -> (bool, i64) {
+    let (top, idx) = truth.topk(2, -1, true, true);
+    let clear = (top.select(1, 0) - top.select(1, 1)).gt(1.0);
+    let agree = got.argmax(-1, false).eq_tensor(&idx.select(1, 0)).logical_or(&clear.logical_not()).all().int64_value(&[]);
+    (agree == 1, clear.sum(Kind::Int64).int64_value(&[]))
+}
+
 /// bf16 prefill attention (on CPUs with AVX512-BF16 the chunk kernel,
 /// `chunk_attention.cpp`; elsewhere SDPA), a whole prompt in one chunk and
 /// the same prompt in three chunks after cached prefixes (one block-aligned,
@@ -208,12 +234,7 @@ fn chunked_logits(model: &Model, prompt: &[i64], chunks: &[(usize, usize)]) -> t
 /// the kernel, the chunks give the one pass's logits bit for bit.
 #[test]
 fn bf16_prefill_in_chunks_after_a_cached_prefix_stays_with_f32() {
-    // Three chat exchanges back to back: some 200 positions of real text.
-    let prompt: Vec<i64> = cases()[1..4]
-        .iter()
-        .flat_map(|c| ids(&c["prompt_ids"]).into_iter().chain(ids(&c["output_ids"])))
-        .map(i64::from)
-        .collect();
+    let prompt = exchanges();
     let n = prompt.len();
     assert!(n > 160, "the cases are too short to split: {n} tokens");
     let (f32_model, _) = load(Kind::Float);
@@ -228,39 +249,30 @@ fn bf16_prefill_in_chunks_after_a_cached_prefix_stays_with_f32() {
     // bf16 logits of this model are tens in size, in steps of 0.125 or 0.25;
     // SDPA's bf16 path strays 1.39 here, the chunk kernel 1.33.
     assert!(err_whole <= 2.0 && err_chunked <= 2.0, "bf16 prefill strays from f32: whole {err_whole}, chunks {err_chunked}");
-    let probe = tch::Tensor::zeros([1, 1, 64], (Kind::BFloat16, Device::Cpu));
-    if bf16_packs() && inferd::model::fused_cpu::chunk_attention_applies(&probe, 64) {
+    if chunks_are_exact() {
         // Every row is computed the same way whatever the chunk, and the
         // packed projections are batch-invariant: prefix caching changes no bit.
         assert!(chunked.equal(&whole), "bf16 prefill in chunks differs from one pass");
     }
-    let (top, idx) = truth.topk(2, -1, true, true);
-    let margin = top.select(1, 0) - top.select(1, 1);
-    let clear = margin.gt(1.0);
-    let want = idx.select(1, 0);
     for (name, got) in [("whole", &whole), ("chunks", &chunked)] {
-        let agree = got.argmax(-1, false).eq_tensor(&want).logical_or(&clear.logical_not()).all().int64_value(&[]);
-        assert_eq!(agree, 1, "bf16 {name}: a greedy token differs from f32 where f32's margin is over 1");
+        let (agree, clear) = clear_choices_agree(got, &truth);
+        assert!(agree, "bf16 {name}: a greedy token differs from f32 where f32's margin is over 1");
+        println!("{clear} of {n} positions have a clear f32 choice");
     }
-    println!("{} of {n} positions have a clear f32 choice", clear.sum(Kind::Int64).int64_value(&[]));
 }
 
-/// `quantization = "gguf"`: the layers' Q4_1 blocks multiplied as they are
-/// (every layer projection, not the Q8_0 LM head), against the f32 forward
+/// `quantization = "gguf"`: the file's blocks multiplied as they are (every
+/// layer's Q4_1 projections and the tied head's Q8_0), against the f32 forward
 /// on the dequantized file as truth: as close to it as bf16 activations
 /// allow, the same greedy token wherever f32's choice is clear, chunks after
 /// a cached prefix bit-identical to one pass, and the capital of France.
 #[test]
 fn gguf_blocks_stay_with_f32_and_answer_paris() {
     let Some(at) = gguf_blocks() else {
-        println!("no AVX512_BF16 here: the Q4 kernel does not run; nothing to check");
+        println!("no AVX512_BF16 here: the GGUF-block kernel does not run; nothing to check");
         return;
     };
-    let prompt: Vec<i64> = cases()[1..4]
-        .iter()
-        .flat_map(|c| ids(&c["prompt_ids"]).into_iter().chain(ids(&c["output_ids"])))
-        .map(i64::from)
-        .collect();
+    let prompt = exchanges();
     let n = prompt.len();
     let (f32_model, _) = load(Kind::Float);
     let truth = chunked_logits(&f32_model, &prompt, &[(0, n)]);
@@ -274,18 +286,11 @@ fn gguf_blocks_stay_with_f32_and_answer_paris() {
     // The same bound as plain bf16 (whose weights are also rounded to bf16;
     // these are the file's exact values).
     assert!(err <= 2.0, "GGUF blocks stray from f32 by {err}");
-    if bf16_packs() && inferd::model::fused_cpu::chunk_attention_applies(&tch::Tensor::zeros([1, 1, 64], (Kind::BFloat16, Device::Cpu)), 64) {
+    if chunks_are_exact() {
         assert!(chunked.equal(&whole), "GGUF blocks prefill in chunks differs from one pass");
     }
-    let (top, idx) = truth.topk(2, -1, true, true);
-    let clear = (top.select(1, 0) - top.select(1, 1)).gt(1.0);
-    let agree = whole.argmax(-1, false).eq_tensor(&idx.select(1, 0)).logical_or(&clear.logical_not()).all().int64_value(&[]);
-    assert_eq!(agree, 1, "GGUF blocks: a greedy token differs from f32 where f32's margin is over 1");
-
-    let text = tok.apply_chat_template(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
-    let req = GenerateRequest { prompt_ids: tok.encode(&text, false).unwrap(), max_tokens: 24, sampling: SamplingParams::default(), ignore_eos: false, stop: vec![] };
-    let mut answer = String::new();
-    generate(&model, &tok, &req, |p| answer.push_str(p)).unwrap();
+    assert!(clear_choices_agree(&whole, &truth).0, "GGUF blocks: a greedy token differs from f32 where f32's margin is over 1");
+    let answer = answer(&model, &tok, "What is the capital of France?");
     println!("GGUF blocks answer: {answer:?}");
     assert!(answer.contains("Paris"), "answer was {answer:?}");
 }

@@ -129,11 +129,7 @@ unsafe fn ffi_gemv(_: &Tensor, _: &Tensor, _: i64, _: i64, _: i64) -> *mut c_voi
 }
 
 fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
-    if ptr.is_null() {
-        return Err(TchError::Torch(format!("gemv_gguf: {}", super::packed_linear::last_error())));
-    }
-    // SAFETY: a non-null return is a fresh `new at::Tensor` (a tch handle).
-    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
+    super::packed_linear::take_tensor(ptr, "gemv_gguf")
 }
 
 #[cfg(test)]

@@ -128,8 +128,14 @@ unsafe fn ffi_linear(_: &Tensor, _: &Tensor, _: Option<&Tensor>) -> *mut c_void 
 
 /// Take ownership of a tensor the shim returned, or read its error.
 fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
+    take_tensor(ptr, "packed linear")
+}
+
+/// Take ownership of a tensor a shim returned, or read its error, prefixed
+/// with `what` (the shims of `gemv_gguf` share this).
+pub(super) fn take_tensor(ptr: *mut c_void, what: &str) -> Result<Tensor, TchError> {
     if ptr.is_null() {
-        return Err(TchError::Torch(format!("packed linear: {}", last_error())));
+        return Err(TchError::Torch(format!("{what}: {}", last_error())));
     }
     // SAFETY: a non-null return is a fresh `new at::Tensor`, which is what tch's
     // handles are; the Tensor now owns it and frees it on drop.
