@@ -123,6 +123,10 @@ struct GenerateArgs {
     device: String,
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: DType,
+    /// Keep a GGUF file's Q4_0/Q4_1/Q8_0 weights in their blocks (`quantization
+    /// = "gguf"` in a config; bf16 on a CPU with AVX512_BF16).
+    #[arg(long)]
+    gguf_blocks: bool,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -149,6 +153,9 @@ fn parse_device(s: &str) -> Result<Device> {
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
     let device = parse_device(&a.device)?;
+    if a.gguf_blocks && (a.dtype.kind() != Kind::BFloat16 || device != Device::Cpu) {
+        bail!("--gguf-blocks runs on the CPU in bf16: pass --dtype bf16 --device cpu");
+    }
     let t0 = Instant::now();
     let files = source::open(&a.model)?;
     let model = Model::from_source(
@@ -157,12 +164,16 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         Placement {
             device,
             kind: a.dtype.kind(),
-            gguf_blocks: false,
+            gguf_blocks: a.gguf_blocks,
         },
         None,
     )?;
     drop(files.weights);
     let tok = files.tokenizer;
+    if a.gguf_blocks {
+        let (kept, all) = model.quantized_projections();
+        eprintln!("{kept} of {all} projections kept in their GGUF blocks");
+    }
     eprintln!(
         "loaded {} ({:?}, {} layers) on {} in {:.2}s",
         a.model.display(),
