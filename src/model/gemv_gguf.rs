@@ -102,11 +102,6 @@ impl GgufWeight {
         Ok(Some(GgufWeight { packed, n, k, format }))
     }
 
-    /// Bytes the kernel reads per product.
-    pub fn bytes(&self) -> i64 {
-        self.packed.numel() as i64
-    }
-
     /// `x W^T` for bf16 x [rows, k] -> bf16 [rows, n].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         if x.kind() != Kind::BFloat16 {
@@ -173,7 +168,7 @@ mod tests {
             let rows = random_rows(ty, n, k, n as u64 ^ k as u64);
             let w = GgufWeight::pack(&rows).unwrap().expect("the shape packs");
             let per_block = if ty == GgmlType::Q8_0 { Q8_BLOCK_BYTES } else { Q4_BLOCK_BYTES };
-            assert_eq!(w.bytes() as usize, n as usize * k as usize / 512 * per_block);
+            assert_eq!(w.packed.numel(), n as usize * k as usize / 512 * per_block);
             let dense = rows.dequantize().unwrap();
             let x = Tensor::randn([67, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
             let all = w.forward(&x).unwrap();

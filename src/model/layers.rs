@@ -89,25 +89,17 @@ impl Linear {
     /// replaces several. The output's columns follow `parts`' order.
     pub fn load_fused(ws: &dyn WeightSource, at: &Placement, parts: &[(&str, i64)], in_dim: i64, bias: bool) -> Result<Linear, LoadError> {
         let torch = |source| LoadError::Torch { path: ws.origin(), source };
+        let bias = if bias {
+            let biases = parts.iter().map(|(prefix, out_dim)| ws.load_shaped(&format!("{prefix}.bias"), &[*out_dim])).collect::<Result<Vec<_>, _>>()?;
+            Some(at.place(ws, Tensor::f_cat(&biases, 0).map_err(torch)?)?)
+        } else {
+            None
+        };
         if let Some(weight) = Self::load_quant(ws, at, parts, in_dim)? {
-            let bias = if bias {
-                let biases = parts.iter().map(|(prefix, out_dim)| ws.load_shaped(&format!("{prefix}.bias"), &[*out_dim])).collect::<Result<Vec<_>, _>>()?;
-                Some(at.place(ws, Tensor::f_cat(&biases, 0).map_err(torch)?)?)
-            } else {
-                None
-            };
             return Ok(Linear { weight: WeightForm::Quant(weight), bias });
         }
-        let mut weights = Vec::with_capacity(parts.len());
-        let mut biases = Vec::with_capacity(parts.len());
-        for (prefix, out_dim) in parts {
-            weights.push(ws.load_shaped(&format!("{prefix}.weight"), &[*out_dim, in_dim])?);
-            if bias {
-                biases.push(ws.load_shaped(&format!("{prefix}.bias"), &[*out_dim])?);
-            }
-        }
+        let weights = parts.iter().map(|(prefix, out_dim)| ws.load_shaped(&format!("{prefix}.weight"), &[*out_dim, in_dim])).collect::<Result<Vec<_>, _>>()?;
         let w = Tensor::f_cat(&weights, 0).map_err(torch)?;
-        let bias = if bias { Some(at.place(ws, Tensor::f_cat(&biases, 0).map_err(torch)?)?) } else { None };
         Ok(Linear { bias, ..Self::from_placed(ws, &at.place(ws, w)?, at)? })
     }
 
