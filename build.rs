@@ -15,7 +15,8 @@
 //! `src/model/gemv_gguf.cpp` (products on a GGUF file's own Q4/Q8_0 blocks),
 //! `src/model/cpu_pool.cpp` (the decode steps' own worker threads),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
-//! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU),
+//! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU;
+//! its bf16 work item with AVX512-BF16 in `decode_attention_bf16.cpp`),
 //! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
 //! cached prefix, bf16 on AVX512-BF16)
 //! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
@@ -47,17 +48,18 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 8] = [
+    const SRCS: [&str; 9] = [
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
         "src/model/gemv_gguf.cpp",
         "src/model/fused_cpu.cpp",
         "src/model/decode_attention.cpp",
+        "src/model/decode_attention_bf16.cpp",
         "src/model/chunk_attention.cpp",
         "src/model/inference_mode.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/owned_chunks.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

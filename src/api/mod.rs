@@ -251,7 +251,7 @@ async fn stats(state: web::Data<AppState>) -> HttpResponse {
             json!({"model": s.model, "version": s.version, "device": s.device, "running": s.running, "waiting": s.waiting,
                    "kv_usage": s.kv_usage, "num_blocks": s.num_blocks, "free_blocks": s.free_blocks,
                    "prefix_query_tokens": s.prefix_query_tokens, "prefix_hit_tokens": s.prefix_hit_tokens,
-                   "preemptions": s.preemptions, "steps": s.steps,
+                   "preemptions": s.preemptions, "steps": s.steps, "forward_secs": s.forward_secs, "step_secs": s.step_secs,
                    "requests_total": r.requests_total, "errors_total": r.errors_total,
                    "prompt_tokens_total": r.prompt_tokens_total, "generation_tokens_total": r.generation_tokens_total,
                    "ttft_p50": r.ttft.p50, "ttft_p99": r.ttft.p99, "itl_p50": r.itl.p50, "itl_p99": r.itl.p99,

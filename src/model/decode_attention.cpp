@@ -6,7 +6,9 @@
 // every thread; a context of several partitions is then combined per head
 // (flash decoding). Items run on the decode pool or libtorch's threads, and
 // neither the batch nor the thread changes a result (batched greedy decoding
-// relies on that). For bf16 and f32 with head dims 64 and 128 the loops are
+// relies on that). bf16 on CPUs with AVX512-BF16 at head dims 64 and 128
+// takes decode_attention_bf16.cpp's item (vdpbf16ps products). Otherwise, for
+// bf16 and f32 with head dims 64 and 128 the loops are
 // written with explicit 16-lane vectors, sixteen positions' dot products
 // reduced at once; other shapes and f16 take scalar loops that compute the
 // same sums in the same order.
@@ -25,6 +27,7 @@
 
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
+#include "decode_attention_bf16.h"
 
 namespace {
 
@@ -240,6 +243,15 @@ template <typename T>
 INFERD_CLONES void attend_part(const T* q, int64_t d, int64_t group, const T* k_pool, const T* v_pool, int64_t kv_off,
                                int64_t rec, const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, float scale,
                                T* out, float* part, int64_t part_stride, std::vector<float>& buf) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        if (inferd_decode_bf16::applies(d, group)) {
+            static_assert(sizeof(T) == sizeof(uint16_t), "bf16 is 16 bits");
+            inferd_decode_bf16::attend(reinterpret_cast<const uint16_t*>(q), d, group, reinterpret_cast<const uint16_t*>(k_pool),
+                                       reinterpret_cast<const uint16_t*>(v_pool), kv_off, rec, table, block_size, p0, p1, scale,
+                                       reinterpret_cast<uint16_t*>(out), part, part_stride, buf);
+            return;
+        }
+    }
     const int64_t len = p1 - p0;
     buf.resize(static_cast<size_t>(group * (d + len + d + 2) + 16 * 16 * kMaxGroup + 16));
     // 64-byte aligned scratch: the stash holds whole vectors.

@@ -38,6 +38,7 @@
 #include "boxed_op.h"
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
+#include "owned_chunks.h"
 #include "shim_error.h"
 
 namespace {
@@ -141,88 +142,39 @@ struct Weight {
 struct Split {
     int64_t lines, chunk, chunks;
     Split(int64_t n, int64_t rows) : lines(n / kLine), chunk(rows <= 2 ? 8 : 4), chunks((lines + chunk - 1) / chunk) {}
-    int64_t first(int t, int threads) const { return chunks * t / threads; }
+    int64_t first(int t, int threads) const { return inferd_pool::first_owned(chunks, t, threads); }
 };
 
-// Bytes a worker prefetches for its part of the next product: about what
-// streams in while the caller does a layer's element-wise work, and well
-// inside a core's L2.
-constexpr int64_t kPrefetchBytes = 512 * 1024;
+thread_local inferd_pool::Successors<Weight> successors;
 
-// The weight each weight was followed by last time on this thread (an engine
-// thread runs the same products in the same order every step). Only used for
-// prefetch hints, so a stale entry costs nothing but a useless prefetch.
-struct Successors {
-    std::unordered_map<uintptr_t, Weight> next;
-    uintptr_t last = 0;
-    Weight after(const Weight& w) {
-        if (last != 0 && last != w.bytes) {
-            if (next.size() > 4096) next.clear();  // weights of models since unloaded
-            next[last] = w;
-        }
-        last = w.bytes;
-        auto it = next.find(w.bytes);
-        return it == next.end() ? Weight{} : it->second;
-    }
-};
-thread_local Successors successors;
-
-constexpr int kMaxThreads = 64;
-
-// One product split over the pool. A thread works through its own chunks
-// from the front, then takes the others' from the back: each range is
-// (front << 32 | back) in one atomic word, so a chunk is claimed exactly once.
+// One product split over the pool (owned_chunks.h); a worker, once done,
+// streams the start of its run of the next product into its cache.
 struct LinesJob {
     const Problem* pb;
     int64_t rows;
     Split split;
     Weight next;
-    int threads;
-    struct alignas(64) Range {
-        std::atomic<uint64_t> v;
-    };
-    Range ranges[kMaxThreads];
+    inferd_pool::OwnedChunks owned;
 
     LinesJob(const Problem* pb, int64_t rows, Weight next, int threads)
-        : pb(pb), rows(rows), split(pb->n, rows), next(next), threads(threads < kMaxThreads ? threads : kMaxThreads) {
-        for (int t = 0; t < this->threads; ++t) {
-            const uint64_t lo = split.first(t, this->threads), hi = split.first(t + 1, this->threads);
-            ranges[t].v.store(lo << 32 | hi, std::memory_order_relaxed);
-        }
-    }
+        : pb(pb), rows(rows), split(pb->n, rows), next(next), owned(split.chunks, threads) {}
 
     INFERD_BF16_TARGET void chunk(int64_t c) const {
         const int64_t u0 = c * split.chunk, u1 = u0 + split.chunk < split.lines ? u0 + split.chunk : split.lines;
         run_lines(*pb, rows, u0, u1);
     }
 
-    // Claims one chunk from the front (own range) or the back (another's).
-    static bool claim(std::atomic<uint64_t>& range, bool front, int64_t* c) {
-        uint64_t v = range.load(std::memory_order_relaxed);
-        for (;;) {
-            const uint64_t lo = v >> 32, hi = v & 0xffffffffu;
-            if (lo >= hi) return false;
-            const uint64_t want = front ? (lo + 1) << 32 | hi : lo << 32 | (hi - 1);
-            if (range.compare_exchange_weak(v, want, std::memory_order_relaxed)) {
-                *c = static_cast<int64_t>(front ? lo : hi - 1);
-                return true;
-            }
-        }
-    }
-
     void operator()(int t, int /*running*/) {
+        const int threads = owned.threads();
         if (t >= threads) return;
-        int64_t c;
-        while (claim(ranges[t].v, true, &c)) chunk(c);
-        for (int i = 1; i < threads; ++i)
-            while (claim(ranges[(t + i) % threads].v, false, &c)) chunk(c);
+        owned.work(t, [&](int64_t c) { chunk(c); });
         if (next.bytes != 0 && t > 0) {
             const Split s(next.n, rows);
             const int64_t b0 = s.first(t, threads) * s.chunk / kLinesPerBlock;
             const int64_t b1 = std::min(s.first(t + 1, threads) * s.chunk / kLinesPerBlock, next.n / kBlock);
             const int64_t bytes = (b1 - b0) * next.block_bytes();
             const char* begin = reinterpret_cast<const char*>(next.bytes) + b0 * next.block_bytes();
-            inferd_pool::prefetch_after(begin, begin + (bytes < kPrefetchBytes ? bytes : kPrefetchBytes));
+            inferd_pool::prefetch_after(begin, begin + (bytes < inferd_pool::kPrefetchBytes ? bytes : inferd_pool::kPrefetchBytes));
         } else {
             inferd_pool::prefetch_after(nullptr, nullptr);
         }

@@ -23,6 +23,11 @@
 // the same bits alone as in any batch: batched greedy decoding gives a
 // sequence the tokens it gets alone.
 //
+// Work: groups of 8 lines. In a decode step (the pool active) each thread
+// owns a contiguous run of groups (owned_chunks.h), and a worker streams
+// the start of its run of the next product's blocks into its cache while
+// the caller does the layer's serial work; elsewhere at::parallel_for.
+//
 // Layouts, per line of 16 outputs and block of 32 inputs (a line's blocks
 // follow each other, lines follow each other):
 // - Q4 (320 bytes): 8 chunks of 32 bytes, then 16 f16 d, then 16 f16 m. In
@@ -40,6 +45,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -47,6 +53,7 @@
 
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
+#include "owned_chunks.h"
 #include "shim_error.h"
 
 namespace {
@@ -191,18 +198,40 @@ INFERD_BF16_TARGET void block_sums(const uint16_t* x, int64_t rows, int64_t k, f
         }
 }
 
+// A weight as the pool's prefetch sees it: where its bytes start, its shape
+// and its block size (the layout's bytes per 16 x 32 block).
+struct Weight {
+    uintptr_t bytes = 0;
+    int64_t n = 0, k = 0, block_bytes = 0;
+    int64_t groups() const { return (n / kLine + kGroup - 1) / kGroup; }
+    int64_t line_bytes() const { return k / kBlockIn * block_bytes; }
+};
+thread_local inferd_pool::Successors<Weight> successors;
+
+// On the pool a group of lines is a chunk (owned_chunks.h): a worker, once
+// done, streams the start of its run of the next product into its cache
+// while the caller does the layer's serial work.
 template <class F>
-void product(const Problem& pb, int64_t rows) {
+void product(const Problem& pb, int64_t rows, const Weight& next) {
     const int64_t lines = pb.n / kLine, groups = (lines + kGroup - 1) / kGroup;
     auto group = [&](int64_t g) {
         const int64_t l0 = g * kGroup;
         run_group<F>(pb, rows, l0, std::min(kGroup, lines - l0));
     };
     if (inferd_pool::active()) {
-        std::atomic<int64_t> next{0};
-        auto body = [&](int, int) {
-            for (int64_t g; (g = next.fetch_add(1, std::memory_order_relaxed)) < groups;) group(g);
-            inferd_pool::prefetch_after(nullptr, nullptr);
+        inferd_pool::OwnedChunks owned(groups, inferd_pool::threads());
+        auto body = [&](int t, int) {
+            owned.work(t, group);
+            if (next.bytes == 0 || t == 0 || t >= owned.threads()) {
+                inferd_pool::prefetch_after(nullptr, nullptr);
+                return;
+            }
+            const int64_t g0 = inferd_pool::first_owned(next.groups(), t, owned.threads());
+            const int64_t g1 = inferd_pool::first_owned(next.groups(), t + 1, owned.threads());
+            const int64_t l1 = std::min(g1 * kGroup, next.n / kLine);
+            const char* begin = reinterpret_cast<const char*>(next.bytes) + g0 * kGroup * next.line_bytes();
+            const int64_t bytes = (l1 - g0 * kGroup) * next.line_bytes();
+            inferd_pool::prefetch_after(begin, begin + std::min(bytes, inferd_pool::kPrefetchBytes));
         };
         inferd_pool::run(body);
     } else {
@@ -243,10 +272,11 @@ at::Tensor* inferd_gemv_gguf(const at::Tensor* x, const at::Tensor* w, int64_t n
         }
         const Problem pb{xp, xsum.data(), static_cast<const uint8_t*>(w->const_data_ptr()),
                          static_cast<uint16_t*>(y.mutable_data_ptr()), k, n, blocks};
+        const Weight next = inferd_pool::active() ? successors.after(Weight{reinterpret_cast<uintptr_t>(pb.w), n, k, block_bytes}) : Weight{};
         if (format == 4) {
-            product<Q4>(pb, rows);
+            product<Q4>(pb, rows, next);
         } else {
-            product<Q8>(pb, rows);
+            product<Q8>(pb, rows, next);
         }
         return y;
     });

@@ -131,6 +131,8 @@ fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
 mod tests {
     use tch::Device;
 
+    use crate::model::cpu_pool::PoolScope;
+
     use super::*;
 
     /// Random rows: f16 scales around 0.01, Q4_1 minimums around -0.08.
@@ -185,6 +187,15 @@ mod tests {
             for (start, count) in [(0, 1), (5, 1), (0, 2), (3, 3), (1, 4), (0, 8), (9, 17), (60, 7)] {
                 let part = w.forward(&x.narrow(0, start, count)).unwrap();
                 assert!(part.equal(&all.narrow(0, start, count)), "{ty:?} [{n}, {k}]: rows {start}..+{count} differ alone and in a batch");
+            }
+            // On the decode pool (owned runs of groups, a worker prefetching
+            // the next product's): the same bits, every time.
+            let _pool = PoolScope::enter();
+            for _ in 0..3 {
+                for (start, count) in [(0, 1), (0, 67)] {
+                    let part = w.forward(&x.narrow(0, start, count)).unwrap();
+                    assert!(part.equal(&all.narrow(0, start, count)), "{ty:?} [{n}, {k}]: rows {start}..+{count} differ on the pool");
+                }
             }
         }
     }
