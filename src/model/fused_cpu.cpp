@@ -3,8 +3,7 @@
 // In a one-stream decode step each of these steps touches a few hundred
 // values, so libtorch's per-op cost (dispatch, TensorIterator set-up, an
 // output allocation) is most of their time: a bf16 RMSNorm is eight ops, a
-// residual add one more, rotary five, SwiGLU's silu(gate) * up four (two
-// narrows, silu, mul). These loops do each step in one pass
+// residual add one more, rotary five. These loops do each step in one pass
 // and reproduce libtorch's rounding: every bf16/f16 result of an eager op is
 // rounded where the op would round it. Only the order of the f32 sum of
 // squares differs from libtorch's, which can move a norm's result by an ulp.
@@ -86,23 +85,6 @@ INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, 
                 v[i] = to_t<T>(lo);
                 v[i + half] = to_t<T>(hi);
             }
-        }
-    }
-}
-
-// gu [T, 2I] (gate columns then up columns, a fused gate/up output) ->
-// silu(gate) * up [T, I], as the eager `silu(gate) * up` rounds it: silu in
-// f32 (x / (1 + exp(-x))) rounded to T, then the product in f32 rounded to T.
-template <typename T>
-INFERD_CLONES void silu_mul(const T* gu, T* out, int64_t begin, int64_t end, int64_t inter) {
-    for (int64_t r = begin; r < end; ++r) {
-        const T* g = gu + r * 2 * inter;
-        const T* u = g + inter;
-        T* o = out + r * inter;
-        for (int64_t i = 0; i < inter; ++i) {
-            const float x = static_cast<float>(g[i]);
-            const float s = rounded<T>(x / (1.0f + exp_f32(-x)));
-            o[i] = to_t<T>(s * static_cast<float>(u[i]));
         }
     }
 }
@@ -212,27 +194,6 @@ int inferd_fused_write_kv(const at::Tensor* k_pool, const at::Tensor* v_pool, co
             std::memcpy(kp + s[r] * bytes, kr + r * ks, bytes);
             std::memcpy(vp + s[r] * bytes, vr + r * vs, bytes);
         }
-    });
-}
-
-// gu [T, 2I] contiguous (gate | up) -> a new [T, I] silu(gate) * up.
-at::Tensor* inferd_fused_silu_mul(const at::Tensor* gu) {
-    return inferd_shim::new_tensor([&] {
-        const auto kind = gu->scalar_type();
-        check_cpu_kind(*gu, "gate/up output", kind);
-        TORCH_CHECK(gu->dim() == 2 && gu->is_contiguous() && gu->size(1) % 2 == 0,
-                    "gate/up output must be a contiguous [T, 2 x intermediate]");
-        const int64_t rows = gu->size(0), inter = gu->size(1) / 2;
-        at::Tensor out = at::empty({rows, inter}, gu->options());
-        by_kind(kind, [&](auto tag) {
-            using T = decltype(tag);
-            const T* gp = gu->data_ptr<T>();
-            T* op = out.data_ptr<T>();
-            at::parallel_for(0, rows, row_grain(inter), [&](int64_t begin, int64_t end) {
-                silu_mul<T>(gp, op, begin, end, inter);
-            });
-        });
-        return out;
     });
 }
 

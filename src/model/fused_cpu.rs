@@ -1,5 +1,5 @@
 //! Fused CPU kernels for a layer's small steps: residual add plus RMSNorm,
-//! rotary in place, SwiGLU's silu(gate) * up, the K/V write into the paged pools, and decode
+//! rotary in place, the K/V write into the paged pools, and decode
 //! attention read straight from the pools.
 //!
 //! In a decode step these steps touch a few hundred values per row, so
@@ -90,19 +90,6 @@ fn norm_call(x: &Tensor, delta: Option<&Tensor>, weight: &Tensor, eps: f64) -> R
     Ok((sum, out))
 }
 
-/// SwiGLU's `silu(gate) * up` from a fused gate/up output gu [T, 2I]
-/// (contiguous): a new [T, I], rounded where the two eager ops round.
-pub fn silu_mul(gu: &Tensor) -> Result<Tensor, TchError> {
-    // SAFETY: a live handle for the whole call; the shim checks kind, shape
-    // and layout before it reads.
-    let ptr = unsafe { ffi::silu_mul(gu.as_ptr().cast()) };
-    if ptr.is_null() {
-        return Err(last_error());
-    }
-    // SAFETY: a non-null return is a fresh `new at::Tensor`, now owned here.
-    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
-}
-
 /// Rotate, in place, the first `heads` heads of x [T, all heads, D] (rows
 /// contiguous, e.g. a fused qkv output) with cos, sin [T, 1, D] in x's dtype.
 pub fn rotary_(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: i64) -> Result<(), TchError> {
@@ -142,8 +129,6 @@ mod ffi {
     extern "C" {
         #[link_name = "inferd_fused_add_rms_norm"]
         pub fn add_rms_norm(x: *const c_void, delta: *const c_void, w: *const c_void, eps: f64, sum: *mut *mut c_void, out: *mut *mut c_void) -> c_int;
-        #[link_name = "inferd_fused_silu_mul"]
-        pub fn silu_mul(gu: *const c_void) -> *mut c_void;
         #[link_name = "inferd_fused_rotary_"]
         pub fn rotary_(x: *const c_void, cos: *const c_void, sin: *const c_void, heads: i64) -> c_int;
         #[link_name = "inferd_fused_write_kv"]
@@ -165,9 +150,6 @@ mod ffi {
     use std::ffi::{c_int, c_void};
     pub unsafe fn add_rms_norm(_: *const c_void, _: *const c_void, _: *const c_void, _: f64, _: *mut *mut c_void, _: *mut *mut c_void) -> c_int {
         1
-    }
-    pub unsafe fn silu_mul(_: *const c_void) -> *mut c_void {
-        std::ptr::null_mut()
     }
     pub unsafe fn rotary_(_: *const c_void, _: *const c_void, _: *const c_void, _: i64) -> c_int {
         1
@@ -279,28 +261,6 @@ mod tests {
             assert!(qkv.narrow(1, 0, heads + kv).equal(&want), "{kind:?}: rotated heads differ");
             assert!(qkv.narrow(1, heads + kv, kv).equal(&untouched), "{kind:?}: v heads were touched");
         }
-    }
-
-    #[test]
-    fn silu_mul_matches_the_eager_ops() {
-        tch::manual_seed(6);
-        // 40 rows of a 1536-wide intermediate: split over threads; values
-        // from -8 to 8 reach both tails of silu.
-        let (t, inter) = (40, 1536);
-        for kind in [Kind::BFloat16, Kind::Half] {
-            let gu = (Tensor::randn([t, 2 * inter], (Kind::Float, Device::Cpu)) * 3.0).clamp(-8.0, 8.0).to_kind(kind);
-            let got = silu_mul(&gu).unwrap();
-            assert_eq!(got.size(), [t, inter]);
-            let want = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
-            // Only exp differs from libtorch's (both within an ulp of f32):
-            // the rounded results agree but for a rare one-ulp step.
-            let (n, rel) = ulp_diffs(&got, &want);
-            assert!(n * 1000 <= want.numel() as i64 && rel < 0.01, "{kind:?}: {n} differ, largest relative {rel}");
-            let one = silu_mul(&gu.narrow(0, 7, 1).contiguous()).unwrap();
-            assert!(one.equal(&got.narrow(0, 7, 1)), "{kind:?}: a row alone differs from the same row in a batch");
-        }
-        let err = silu_mul(&Tensor::zeros([2, 3], (Kind::BFloat16, Device::Cpu))).unwrap_err();
-        assert!(err.to_string().contains("gate/up output must be a contiguous [T, 2 x intermediate]"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,6 @@ use tch::{TchError, Tensor};
 use super::attention::{paged_attention, AttnShape};
 use super::batch::StepTensors;
 use super::config::ModelConfig;
-use super::fused_cpu;
 use super::kv_cache::KvCache;
 use super::layers::{Embedding, Linear, Placement, RmsNorm, Rotary};
 use super::loader::{LoadError, WeightSource};
@@ -117,11 +116,7 @@ impl Llama {
             x = sum;
             let m = &b.mlp;
             let gu = m.gate_up.forward(&h)?;
-            let act = if fused_cpu::applies(&gu) {
-                fused_cpu::silu_mul(&gu)?
-            } else {
-                gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?
-            };
+            let act = gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?;
             pending = Some(m.down.forward(&act)?);
         }
         match pending {
