@@ -38,11 +38,7 @@ INFERD_INLINE void widen(const T* src, float* dst, int64_t d) {
     for (int64_t i = 0; i < d; ++i) dst[i] = static_cast<float>(src[i]);
 }
 
-// Sixteen f32 lanes as one GCC vector: a zmm register in the AVX-512 clone,
-// two ymm or four xmm in the others. Written out because the compiler, not
-// allowed to reassociate, spills and shuffles the equivalent scalar arrays.
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
+// f32x16 and i32x16 (cpu_kernels.h): sixteen lanes as one GCC vector.
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
@@ -138,31 +134,6 @@ INFERD_INLINE void walk_pool(const T* pool, const int64_t* table, int64_t block_
         }
         start += n;
     }
-}
-
-// hsum16 of sixteen vectors at once: lane j of the result is hsum16(v[j]),
-// pairing the same lanes in the same tree (a + b and b + a are the same
-// bits), in 15 two-source shuffle pairs and adds instead of 64 shuffles and
-// adds.
-INFERD_INLINE f32x16 hsum16x16(const f32x16* v) {
-    const i32x16 lo1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const i32x16 hi1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    const i32x16 lo2 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
-    const i32x16 hi2 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-    const i32x16 lo3 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
-    const i32x16 hi3 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
-    const i32x16 lo4 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
-    const i32x16 hi4 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-    // Level 1: two vectors' lanes i + (i + 8) side by side; 2: four vectors'
-    // (i) + (i + 4); 3: eight vectors' (i) + (i + 2); 4: sixteen (0) + (1).
-    f32x16 a[8], b[4], c[2];
-    for (int j = 0; j < 8; ++j)
-        a[j] = __builtin_shuffle(v[2 * j], v[2 * j + 1], lo1) + __builtin_shuffle(v[2 * j], v[2 * j + 1], hi1);
-    for (int j = 0; j < 4; ++j)
-        b[j] = __builtin_shuffle(a[2 * j], a[2 * j + 1], lo2) + __builtin_shuffle(a[2 * j], a[2 * j + 1], hi2);
-    for (int j = 0; j < 2; ++j)
-        c[j] = __builtin_shuffle(b[2 * j], b[2 * j + 1], lo3) + __builtin_shuffle(b[2 * j], b[2 * j + 1], hi3);
-    return __builtin_shuffle(c[0], c[1], lo4) + __builtin_shuffle(c[0], c[1], hi4);
 }
 
 // Positions per work item. Longer contexts are split (flash decoding), so

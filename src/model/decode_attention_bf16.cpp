@@ -5,7 +5,7 @@
 //
 // Scores: each key row is loaded once for all the group's heads; a head's
 // dot product with sixteen positions is sixteen vectors of pair sums, reduced
-// together by a 16 x 16 transpose-and-add. Softmax in f32 with a vector exp;
+// together (hsum16x16, cpu_kernels.h). Softmax in f32 with a vector exp;
 // the probabilities are rounded to bf16 (as libtorch's flash attention
 // rounds them) and weight V two positions at a time: the two value rows are
 // interleaved into (position p, position p + 1) pairs per dimension, and one
@@ -31,27 +31,6 @@ namespace {
 using namespace inferd_cpu;
 
 constexpr int64_t kMaxGroup = 16;
-
-// Lane j of the result: the sum of v[j]'s sixteen lanes (a 16 x 16 transpose
-// folded into adds: four rounds, each halving the lanes per vector).
-INFERD_BF16_TARGET inline __m512 sum16x16(const __m512* v) {
-    const __m512i lo1 = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
-    const __m512i hi1 = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-    const __m512i lo2 = _mm512_setr_epi32(0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27);
-    const __m512i hi2 = _mm512_setr_epi32(4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-    const __m512i lo3 = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29);
-    const __m512i hi3 = _mm512_setr_epi32(2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
-    const __m512i lo4 = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i hi4 = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    __m512 a[8], b[4], c[2];
-    for (int j = 0; j < 8; ++j)
-        a[j] = _mm512_add_ps(_mm512_permutex2var_ps(v[2 * j], lo1, v[2 * j + 1]), _mm512_permutex2var_ps(v[2 * j], hi1, v[2 * j + 1]));
-    for (int j = 0; j < 4; ++j)
-        b[j] = _mm512_add_ps(_mm512_permutex2var_ps(a[2 * j], lo2, a[2 * j + 1]), _mm512_permutex2var_ps(a[2 * j], hi2, a[2 * j + 1]));
-    for (int j = 0; j < 2; ++j)
-        c[j] = _mm512_add_ps(_mm512_permutex2var_ps(b[2 * j], lo3, b[2 * j + 1]), _mm512_permutex2var_ps(b[2 * j], hi3, b[2 * j + 1]));
-    return _mm512_add_ps(_mm512_permutex2var_ps(c[0], lo4, c[1]), _mm512_permutex2var_ps(c[0], hi4, c[1]));
-}
 
 // exp of sixteen lanes, exp_f32's method (range reduction by ln 2, a degree-6
 // polynomial, 2^n as two normal powers); lanes below ln(FLT_MIN) give 0.
@@ -94,7 +73,7 @@ inline void prefetch_row(const uint16_t* row, int64_t d) {
 // vectors of 32 bf16 per row).
 template <int NK>
 INFERD_BF16_TARGET void scores(const uint16_t* q, int64_t group, const uint16_t* k_pool, const uint16_t* v_pool, const int64_t* table, int64_t block_size,
-                               int64_t rec, int64_t kv_off, int64_t p0, int64_t p1, float scale, float* sc, __m512* stash) {
+                               int64_t rec, int64_t kv_off, int64_t p0, int64_t p1, float scale, float* sc, f32x16* stash) {
     const int64_t len = p1 - p0, d = 32 * NK;
     const __m512 sv = _mm512_set1_ps(scale);
     for (int64_t i = 0; i < len; ++i) {
@@ -107,17 +86,17 @@ INFERD_BF16_TARGET void scores(const uint16_t* q, int64_t group, const uint16_t*
         for (int64_t h = 0; h < group; ++h) {
             __m512 acc = _mm512_setzero_ps();
             for (int j = 0; j < NK; ++j) acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + h * d + 32 * j), kv[j]);
-            stash[h * 16 + slot] = acc;
+            stash[h * 16 + slot] = (f32x16)acc;
         }
         if (slot == 15)
-            for (int64_t h = 0; h < group; ++h) _mm512_storeu_ps(sc + h * len + i - 15, _mm512_mul_ps(sum16x16(stash + h * 16), sv));
+            for (int64_t h = 0; h < group; ++h) _mm512_storeu_ps(sc + h * len + i - 15, _mm512_mul_ps((__m512)hsum16x16(stash + h * 16), sv));
     }
     const int64_t tail = len & 15;
     if (tail == 0) return;
     const __mmask16 keep = static_cast<__mmask16>((1u << tail) - 1);
     for (int64_t h = 0; h < group; ++h) {
         // Slots past the tail hold stale vectors: their lanes are not stored.
-        _mm512_mask_storeu_ps(sc + h * len + len - tail, keep, _mm512_mul_ps(sum16x16(stash + h * 16), sv));
+        _mm512_mask_storeu_ps(sc + h * len + len - tail, keep, _mm512_mul_ps((__m512)hsum16x16(stash + h * 16), sv));
     }
 }
 
@@ -206,7 +185,7 @@ INFERD_BF16_TARGET void attend_nk(const uint16_t* q, int64_t group, const uint16
     buf.resize(static_cast<size_t>(16 + 16 * 16 * group + group * len + group * plen / 2 + 2 * group + 16 * 2 * NK * H));
     float* base = buf.data();
     base += (16 - (reinterpret_cast<uintptr_t>(base) / sizeof(float)) % 16) % 16;
-    auto* stash = reinterpret_cast<__m512*>(base);
+    auto* stash = reinterpret_cast<f32x16*>(base);
     float* accs = base + 16 * 16 * group;  // 64-byte aligned: a whole number of vectors
     float* sc = accs + 16 * 2 * NK * H;
     auto* prob = reinterpret_cast<uint16_t*>(sc + group * len);

@@ -198,12 +198,17 @@ INFERD_BF16_TARGET void block_sums(const uint16_t* x, int64_t rows, int64_t k, f
         }
 }
 
+// Work items (groups of kGroup lines) of a product with n outputs.
+inline int64_t groups_of(int64_t n) {
+    return (n / kLine + kGroup - 1) / kGroup;
+}
+
 // A weight as the pool's prefetch sees it: where its bytes start, its shape
 // and its block size (the layout's bytes per 16 x 32 block).
 struct Weight {
     uintptr_t bytes = 0;
     int64_t n = 0, k = 0, block_bytes = 0;
-    int64_t groups() const { return (n / kLine + kGroup - 1) / kGroup; }
+    int64_t groups() const { return groups_of(n); }
     int64_t line_bytes() const { return k / kBlockIn * block_bytes; }
 };
 thread_local inferd_pool::Successors<Weight> successors;
@@ -213,7 +218,7 @@ thread_local inferd_pool::Successors<Weight> successors;
 // while the caller does the layer's serial work.
 template <class F>
 void product(const Problem& pb, int64_t rows, const Weight& next) {
-    const int64_t lines = pb.n / kLine, groups = (lines + kGroup - 1) / kGroup;
+    const int64_t lines = pb.n / kLine, groups = groups_of(pb.n);
     auto group = [&](int64_t g) {
         const int64_t l0 = g * kGroup;
         run_group<F>(pb, rows, l0, std::min(kGroup, lines - l0));
