@@ -391,7 +391,7 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
         // item per query head instead, except for decode_attention_bf16's
         // item, which reads each key and value row once for the whole group:
         // split per head it re-reads every row per head, and measured 1.6-1.9x
-        // slower at one sequence (SmolLM2's 3 kv heads of 3, contexts of
+        // slower at one sequence (SmolLM2: 3 kv heads of 3 query heads, contexts of
         // 64-512, two threads) despite the evener split. Only the work split
         // changes, not a bit.
         const int threads = inferd_pool::active() ? inferd_pool::threads() : at::get_num_threads();
