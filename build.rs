@@ -18,7 +18,8 @@
 //! steps), `src/model/decode_attention.cpp` (paged decode attention on CPU;
 //! its bf16 work item with AVX512-BF16 in `decode_attention_bf16.cpp`),
 //! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
-//! cached prefix, bf16 on AVX512-BF16)
+//! cached prefix, bf16 on AVX512-BF16; both bf16 attention kernels share
+//! `softmax_bf16.h`)
 //! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,7 @@ fn compile_shims(torch: &Path) {
         "src/model/chunk_attention.cpp",
         "src/model/inference_mode.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/owned_chunks.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

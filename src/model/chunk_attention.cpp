@@ -28,10 +28,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "softmax_bf16.h"
 
 namespace {
 
@@ -188,27 +188,16 @@ INFERD_BF16_TARGET void attend_tile(const Chunk& c, int64_t g, int64_t i0, int64
     }
     for (int64_t r = 0; r < rows; ++r) {
         // Query position start + i sees keys 0 ..= start + i; the rest get
-        // probability 0. Sixteen-lane loops (see decode_attention.cpp).
+        // probability 0.
         const int64_t allowed = c.start + i0 + r % (i1 - i0) + 1;
-        float* s = srow[r];
-        float lane_max[16];
-        std::fill(lane_max, lane_max + 16, s[0]);
-        int64_t p = 0;
-        for (; p + 16 <= allowed; p += 16)
-            for (int l = 0; l < 16; ++l) lane_max[l] = std::max(lane_max[l], s[p + l]);
-        for (; p < allowed; ++p) lane_max[p & 15] = std::max(lane_max[p & 15], s[p]);
-        const float m = *std::max_element(lane_max, lane_max + 16);
-        for (p = allowed; p < keys; ++p) s[p] = -std::numeric_limits<float>::infinity();
-        float lanes[16] = {0};
         uint16_t* pb = reinterpret_cast<uint16_t*>(prob + r * keys / 2);
-        for (p = 0; p < keys; p += 16) {
-            for (int l = 0; l < 16; ++l) {
-                const float e = exp_f32(s[p + l] - m);
-                lanes[l] += e;
-                pb[p + l] = to_t<c10::BFloat16>(e).x;
-            }
-        }
-        sums[r] = lane_sum(lanes);
+        // exp_f32's own bits (softmax_bf16.h): prefills keep the results of
+        // the scalar loops this replaced, on which tests/smollm2.rs's bounds
+        // were measured (an ulp in one probability can move a bf16 logit
+        // by a good part of such a bound).
+        softmax<true>(srow[r], allowed, pb, &sums[r]);
+        // softmax zero-pads to an even count; P.V reads whole pairs to keys.
+        std::fill(pb + (allowed + 1) / 2 * 2, pb + keys, uint16_t{0});
     }
     if (c.d == 64)
         weigh_all<4>(vp, prow.data(), rows, keys / 2, c.d, sums, orow.data());
@@ -285,7 +274,9 @@ at::Tensor* inferd_chunk_attention(const at::Tensor* q, const at::Tensor* k_pool
         });
         const int64_t tiles = (len + kQueryTile - 1) / kQueryTile;
         for_items(kvh * tiles, [&](int64_t item, std::vector<float>&) {
-            const int64_t g = item % kvh, t = item / kvh;
+            // The last tiles (the most keys) first, so the cheap ones fill in
+            // at the end.
+            const int64_t g = item % kvh, t = tiles - 1 - item / kvh;
             attend_tile(c, g, t * kQueryTile, std::min(len, (t + 1) * kQueryTile));
         });
         return out;

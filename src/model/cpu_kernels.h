@@ -129,8 +129,9 @@ INFERD_INLINE float exp_f32(float x) {
     return over ? __builtin_inff() : (under ? 0.0f : y);
 }
 
-// Runs items 0 .. count on the decode pool (taken one at a time: contexts
-// differ in length) or libtorch's threads.
+// Runs items 0 .. count on the decode pool or libtorch's threads, each thread
+// taking the next item when it is done (items differ in cost: contexts
+// differ in length).
 template <typename F>
 void for_items(int64_t count, F&& one) {
     if (count == 0) return;
@@ -142,9 +143,13 @@ void for_items(int64_t count, F&& one) {
         };
         inferd_pool::run(body);
     } else {
-        at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+        // One claimant per thread: a static split of a causal chunk's tiles
+        // (the later ones see more keys) left a thread idle for up to half
+        // the call.
+        std::atomic<int64_t> next{0};
+        at::parallel_for(0, std::min<int64_t>(count, at::get_num_threads()), 1, [&](int64_t, int64_t) {
             std::vector<float> buf;
-            for (int64_t item = begin; item < end; ++item) one(item, buf);
+            for (int64_t item; (item = next.fetch_add(1, std::memory_order_relaxed)) < count;) one(item, buf);
         });
     }
 }
