@@ -195,7 +195,7 @@ INFERD_BF16_TARGET void attend_tile(const Chunk& c, int64_t g, int64_t i0, int64
         // the scalar loops this replaced, on which tests/smollm2.rs's bounds
         // were measured (an ulp in one probability can move a bf16 logit
         // by a good part of such a bound).
-        softmax<true>(srow[r], allowed, pb, &sums[r]);
+        softmax<false>(srow[r], allowed, pb, &sums[r]);
         // softmax zero-pads to an even count; P.V reads whole pairs to keys.
         std::fill(pb + (allowed + 1) / 2 * 2, pb + keys, uint16_t{0});
     }

@@ -141,7 +141,7 @@ INFERD_BF16_TARGET void attend_nk(const uint16_t* q, int64_t group, const uint16
     float* maxes = sc + group * len + group * plen / 2;
     float* sums = maxes + group;
     scores<NK>(q, group, k_pool, v_pool, table, block_size, rec, kv_off, p0, p1, scale, sc, stash);
-    for (int64_t h = 0; h < group; ++h) maxes[h] = softmax(sc + h * len, len, prob + h * plen, sums + h);
+    for (int64_t h = 0; h < group; ++h) maxes[h] = softmax<true>(sc + h * len, len, prob + h * plen, sums + h);
     auto* acc = reinterpret_cast<__m512*>(accs);
     for (int64_t h0 = 0; h0 < group; h0 += H) {
         const int64_t hn = std::min<int64_t>(H, group - h0);
