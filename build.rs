@@ -20,7 +20,8 @@
 //! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
 //! cached prefix, bf16 on AVX512-BF16; both bf16 attention kernels share
 //! `softmax_bf16.h`)
-//! and `src/model/inference_mode.cpp` (libtorch's InferenceMode).
+//! `src/model/inference_mode.cpp` (libtorch's InferenceMode) and
+//! `src/model/parallel_for.cpp` (Rust loops on libtorch's threads).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -49,7 +50,7 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 9] = [
+    const SRCS: [&str; 10] = [
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
@@ -59,6 +60,7 @@ fn compile_shims(torch: &Path) {
         "src/model/decode_attention_bf16.cpp",
         "src/model/chunk_attention.cpp",
         "src/model/inference_mode.cpp",
+        "src/model/parallel_for.cpp",
     ];
     for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h"]) {
         println!("cargo:rerun-if-changed={src}");

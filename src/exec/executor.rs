@@ -21,13 +21,13 @@ use inferd_actors::executor::{
     ExecError, Executor, ModelSpec, Quantization, ReplicaId, ReplicaInfo, StepRequest, StepResult, TextDecoder,
 };
 use inferd_actors::ids::SeqId;
-use inferd_actors::sampler::Sampler;
+use inferd_actors::sampler::{Sampled, Sampler};
 use tch::{Device, Kind, TchError, Tensor};
 
 use crate::generate::eos_ids;
 use crate::model::loader::{LoadError, QuantRows, WeightSource};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{source, KvCache, LogitsFor, Model, Placement, SeqInput};
+use crate::model::{parallel_for, source, KvCache, LogitsFor, Model, Placement, SeqInput};
 
 /// Substrings of libtorch messages after which a CUDA context cannot be
 /// trusted any more (errors are sticky there: every later call fails too).
@@ -251,15 +251,8 @@ impl TchExecutor {
         let forward_secs = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
-        let mut sampled = Vec::with_capacity(rows.len());
-        let sampling = req.seqs.iter().filter(|s| s.sample);
-        for (s, row) in sampling.zip(buf.chunks_exact_mut(vocab.max(1))) {
-            let sampler = r
-                .samplers
-                .get_mut(&s.id)
-                .ok_or_else(|| ExecError::new(format!("{}: no sampler (never added)", s.id)))?;
-            sampled.push((s.id, sampler.sample(row)));
-        }
+        let ids: Vec<SeqId> = req.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
+        let sampled = sample_rows(&mut r.samplers, &ids, buf.chunks_exact_mut(vocab.max(1)))?;
         let sample_secs = t1.elapsed().as_secs_f64();
         Ok(StepResult {
             sampled,
@@ -317,6 +310,66 @@ impl Executor for TchExecutor {
                 panic_message(&panic)
             ))),
         }
+    }
+}
+
+/// Sequences sampled in one step from which sampling is split over
+/// libtorch's threads. Fewer run on the worker thread: a step of up to
+/// `cpu_pool::MAX_ROWS` rows leaves the decode pool's worker spinning for a
+/// while, and libtorch's threads would contend with it for the cores.
+const PARALLEL_SAMPLING_MIN: usize = 8;
+
+/// Samples one token for each of `ids` from its logits row (`rows`, in the
+/// same order) with the sequence's own sampler. Every sampler keeps its own
+/// RNG stream and reads only its row, so splitting the sequences over
+/// threads (from [`PARALLEL_SAMPLING_MIN`] on) gives the same tokens as one
+/// after another.
+fn sample_rows<'a>(
+    samplers: &mut HashMap<SeqId, Sampler>,
+    ids: &[SeqId],
+    rows: impl Iterator<Item = &'a mut [f32]>,
+) -> Result<Vec<(SeqId, Sampled)>, ExecError> {
+    let missing = |id: &SeqId| ExecError::new(format!("{id}: no sampler (never added)"));
+    if ids.len() < PARALLEL_SAMPLING_MIN {
+        let mut sampled = Vec::with_capacity(ids.len());
+        for (id, row) in ids.iter().zip(rows) {
+            let sampler = samplers.get_mut(id).ok_or_else(|| missing(id))?;
+            sampled.push((*id, sampler.sample(row)));
+        }
+        return Ok(sampled);
+    }
+    if let Some(id) = ids.iter().find(|id| !samplers.contains_key(*id)) {
+        return Err(missing(id));
+    }
+    // Taken out of the map for the loop (a step never holds an id twice)
+    // and put back after it.
+    let mut work: Vec<(SeqId, Option<Sampler>, &mut [f32], Option<Sampled>)> = ids
+        .iter()
+        .zip(rows)
+        .map(|(id, row)| (*id, samplers.remove(id), row, None))
+        .collect();
+    parallel_for::for_each_mut(&mut work, 1, |(_, sampler, row, out)| {
+        if let Some(sampler) = sampler {
+            *out = Some(sampler.sample(row));
+        }
+    });
+    // Every sampler goes back before any error is returned.
+    let mut sampled = Vec::with_capacity(work.len());
+    let mut unsampled = None;
+    for (id, sampler, _, out) in work {
+        if let Some(sampler) = sampler {
+            samplers.insert(id, sampler);
+        }
+        match out {
+            Some(s) => sampled.push((id, s)),
+            None => {
+                unsampled.get_or_insert(id);
+            }
+        }
+    }
+    match unsampled {
+        Some(id) => Err(missing(&id)),
+        None => Ok(sampled),
     }
 }
 
@@ -716,5 +769,41 @@ mod tests {
         assert!(e.fatal);
         assert_eq!((f.fired(), f.last_fault_seqs()), (1, 2));
         assert!(f.take(2).is_ok());
+    }
+
+    #[test]
+    fn sampling_split_over_threads_gives_the_tokens_of_one_after_another() {
+        let params = |i: u64| SamplingParams {
+            temperature: 0.8,
+            top_k: if i % 2 == 0 { Some(40) } else { None },
+            top_p: 0.95,
+            seed: Some(100 + i),
+            ..SamplingParams::default()
+        };
+        let make = || -> HashMap<SeqId, Sampler> { (0..12u64).map(|i| (SeqId(i), Sampler::new(params(i), &[1, 2, 3]))).collect() };
+        let row = |i: usize| -> Vec<f32> { (0..4096).map(|t| ((t * 31 + i * 7) % 97) as f32 / 9.0).collect() };
+        // Every step below samples 12 sequences (over PARALLEL_SAMPLING_MIN),
+        // in an order that is not the ids' own.
+        let ids: Vec<SeqId> = [5u64, 0, 11, 3, 8, 1, 9, 2, 10, 4, 7, 6].into_iter().map(SeqId).collect();
+        assert!(ids.len() >= PARALLEL_SAMPLING_MIN);
+        let (mut split, mut serial) = (make(), make());
+        for step in 0..4 {
+            let mut rows: Vec<Vec<f32>> = (0..ids.len()).map(|i| row(i + step)).collect();
+            let got = sample_rows(&mut split, &ids, rows.iter_mut().map(|r| r.as_mut_slice())).unwrap();
+            let want: Vec<(SeqId, u32)> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (*id, serial.get_mut(id).unwrap().sample(&mut row(i + step)).token))
+                .collect();
+            assert_eq!(got.iter().map(|(id, s)| (*id, s.token)).collect::<Vec<_>>(), want, "step {step}");
+            assert_eq!(split.len(), 12, "every sampler is back in the map");
+        }
+        // An id without a sampler fails the step and leaves the others in place.
+        let mut bad = ids.clone();
+        bad[3] = SeqId(99);
+        let mut rows: Vec<Vec<f32>> = (0..bad.len()).map(row).collect();
+        let e = sample_rows(&mut split, &bad, rows.iter_mut().map(|r| r.as_mut_slice())).unwrap_err();
+        assert!(e.message.contains("no sampler"), "{}", e.message);
+        assert_eq!(split.len(), 12);
     }
 }

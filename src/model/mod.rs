@@ -22,6 +22,7 @@ pub mod llama;
 pub mod source;
 pub mod loader;
 pub mod packed_linear;
+pub mod parallel_for;
 pub mod tokenizer;
 
 use tch::{Kind, TchError, Tensor};
