@@ -19,7 +19,7 @@
 //! its bf16 work item with AVX512-BF16 in `decode_attention_bf16.cpp`),
 //! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
 //! cached prefix, bf16 on AVX512-BF16; both bf16 attention kernels share
-//! `softmax_bf16.h`)
+//! `softmax_bf16.h`),
 //! `src/model/inference_mode.cpp` (libtorch's InferenceMode) and
 //! `src/model/parallel_for.cpp` (Rust loops on libtorch's threads).
 use std::path::{Path, PathBuf};

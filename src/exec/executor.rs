@@ -314,9 +314,10 @@ impl Executor for TchExecutor {
 }
 
 /// Sequences sampled in one step from which sampling is split over
-/// libtorch's threads. Fewer run on the worker thread: a step of up to
-/// `cpu_pool::MAX_ROWS` rows leaves the decode pool's worker spinning for a
-/// while, and libtorch's threads would contend with it for the cores.
+/// libtorch's threads. Fewer run on the worker thread: their sampling takes
+/// well under a millisecond, and a step of up to `cpu_pool::MAX_ROWS` rows
+/// leaves the decode pool's worker spinning for a while, with which
+/// libtorch's threads would contend for the cores.
 const PARALLEL_SAMPLING_MIN: usize = 8;
 
 /// Samples one token for each of `ids` from its logits row (`rows`, in the
