@@ -380,6 +380,16 @@ fn prometheus_scrapes_ttft_and_running_gauge_and_stats_agree() {
         assert!(r[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {r}");
     }
     assert!(r["ttft_p50"].as_f64() <= r["e2e_p99"].as_f64(), "{r}");
+    // Every step is timed on the worker: its forward and its sampling.
+    let steps = r["steps"].as_f64().expect("steps");
+    assert!(steps >= 3.0, "{r}");
+    for name in ["inferd_step_forward_seconds", "inferd_step_sample_seconds"] {
+        let count = metric(&s.base, &format!("{name}_count"), "device=\"cpu\"");
+        assert_eq!(count, steps, "{name}: one observation per step");
+    }
+    let forward = metric(&s.base, "inferd_step_forward_seconds_sum", "model=\"smollm2\"");
+    let forward_secs = r["forward_secs"].as_f64().expect("forward_secs");
+    assert!(forward > 0.0 && (forward - forward_secs).abs() <= 1e-3 * forward_secs, "forward {forward}: {r}");
     let target = s.base.trim_start_matches("http://").to_string();
     let (child, prom) = prometheus(dir.path(), &target);
     let _guard = Killed(child);

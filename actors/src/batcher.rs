@@ -404,6 +404,7 @@ impl Batcher {
     fn on_step_done(&mut self, result: StepResult) {
         self.steps += 1;
         self.forward_secs += result.forward_secs;
+        self.metrics.step_timed(result.forward_secs, result.sample_secs);
         let mut ended: Vec<(SeqId, Outcome)> = Vec::new();
         for (id, sampled) in &result.sampled {
             match self.on_token(*id, sampled) {

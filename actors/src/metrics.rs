@@ -4,8 +4,8 @@
 //! a contract with dashboards, autoscalers and alerts: deploy/metrics.txt is
 //! the canonical list, and tests/deploy_static.rs checks it against this file.
 //!
-//! Every series is labelled `model` and `version`; the replica gauges add
-//! `device` (one replica per device). Handles are resolved once per replica,
+//! Every series is labelled `model` and `version`; the replica gauges and
+//! the step histograms add `device` (one replica per device). Handles are resolved once per replica,
 //! so the per-token cost is an atomic add, not a registry lookup.
 
 use std::time::Duration;
@@ -34,12 +34,20 @@ pub const KV_USAGE: &str = "inferd_kv_cache_usage_ratio";
 pub const BATCH_SIZE: &str = "inferd_batch_size";
 pub const MODELS_LOADED: &str = "inferd_models_loaded";
 pub const RESPONSE_CACHE_HITS: &str = "inferd_response_cache_hits_total";
+pub const STEP_FORWARD: &str = "inferd_step_forward_seconds";
+pub const STEP_SAMPLE: &str = "inferd_step_sample_seconds";
 
 /// The latency histograms' buckets, in seconds (a CPU token can take a
 /// second at batch 64, a GPU one a few milliseconds).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
     1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+];
+/// The step histograms' buckets, in seconds: sampling one sequence takes
+/// tens of microseconds, a CPU forward of 64 sequences a second.
+pub const STEP_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2,
+    2.5, 5.0, 10.0,
 ];
 /// The length histograms' buckets, in tokens.
 pub const LENGTH_BUCKETS: &[f64] = &[
@@ -107,6 +115,8 @@ pub struct ReplicaMetrics {
     queue: Histogram,
     prompt_len: Histogram,
     generation_len: Histogram,
+    step_forward: Histogram,
+    step_sample: Histogram,
     prompt_tokens: Counter,
     generation_tokens: Counter,
     prefix_queries: Counter,
@@ -133,6 +143,8 @@ impl ReplicaMetrics {
             queue: histogram!(QUEUE, &mv),
             prompt_len: histogram!(PROMPT_TOKENS, &mv),
             generation_len: histogram!(GENERATION_TOKENS, &mv),
+            step_forward: histogram!(STEP_FORWARD, &mvd),
+            step_sample: histogram!(STEP_SAMPLE, &mvd),
             prompt_tokens: counter!(PROMPT_TOKENS_TOTAL, &mv),
             generation_tokens: counter!(GENERATION_TOKENS_TOTAL, &mv),
             prefix_queries: counter!(PREFIX_QUERIES, &mv),
@@ -167,6 +179,13 @@ impl ReplicaMetrics {
         self.prefix_queries.increment(prefix_queries);
         self.prefix_hits.increment(prefix_hits);
         self.preemptions.increment(preemptions);
+    }
+
+    /// A step's time on its worker: the model forward (with the logits'
+    /// copy to the host) and the sampling of its sequences.
+    pub fn step_timed(&self, forward_secs: f64, sample_secs: f64) {
+        self.step_forward.record(forward_secs);
+        self.step_sample.record(sample_secs);
     }
 
     pub fn queued(&self, waited: Duration) {

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use actix_web::{web, HttpResponse};
 use inferd_actors::metrics::{
-    E2E, GENERATION_TOKENS, ITL, LATENCY_BUCKETS, LENGTH_BUCKETS, PROMPT_TOKENS, QUEUE, TTFT,
+    E2E, GENERATION_TOKENS, ITL, LATENCY_BUCKETS, LENGTH_BUCKETS, PROMPT_TOKENS, QUEUE, STEP_BUCKETS, STEP_FORWARD,
+    STEP_SAMPLE, TTFT,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -30,6 +31,11 @@ pub fn install() -> Result<(), String> {
     for name in [PROMPT_TOKENS, GENERATION_TOKENS] {
         builder = builder
             .set_buckets_for_metric(Matcher::Full(name.into()), LENGTH_BUCKETS)
+            .map_err(|e| e.to_string())?;
+    }
+    for name in [STEP_FORWARD, STEP_SAMPLE] {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.into()), STEP_BUCKETS)
             .map_err(|e| e.to_string())?;
     }
     let handle = builder.install_recorder().map_err(|e| e.to_string())?;
