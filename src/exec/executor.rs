@@ -313,32 +313,23 @@ impl Executor for TchExecutor {
     }
 }
 
-/// Sequences sampled in one step from which sampling is split over
-/// libtorch's threads. Fewer run on the worker thread: their sampling takes
-/// well under a millisecond, and a step of up to `cpu_pool::MAX_ROWS` rows
-/// leaves the decode pool's worker spinning for a while, with which
-/// libtorch's threads would contend for the cores.
-const PARALLEL_SAMPLING_MIN: usize = 8;
+/// Sampling is split over libtorch's threads only in steps that sample more
+/// than this many sequences (at::parallel_for's grain). Smaller steps sample
+/// on the worker thread: their sampling takes well under a millisecond, and
+/// a step of up to `cpu_pool::MAX_ROWS` rows leaves the decode pool's worker
+/// spinning for a while, with which libtorch's threads would contend.
+const SAMPLING_GRAIN: usize = 8;
 
 /// Samples one token for each of `ids` from its logits row (`rows`, in the
 /// same order) with the sequence's own sampler. Every sampler keeps its own
 /// RNG stream and reads only its row, so splitting the sequences over
-/// threads (from [`PARALLEL_SAMPLING_MIN`] on) gives the same tokens as one
-/// after another.
+/// threads gives the same tokens as one after another.
 fn sample_rows<'a>(
     samplers: &mut HashMap<SeqId, Sampler>,
     ids: &[SeqId],
     rows: impl Iterator<Item = &'a mut [f32]>,
 ) -> Result<Vec<(SeqId, Sampled)>, ExecError> {
     let missing = |id: &SeqId| ExecError::new(format!("{id}: no sampler (never added)"));
-    if ids.len() < PARALLEL_SAMPLING_MIN {
-        let mut sampled = Vec::with_capacity(ids.len());
-        for (id, row) in ids.iter().zip(rows) {
-            let sampler = samplers.get_mut(id).ok_or_else(|| missing(id))?;
-            sampled.push((*id, sampler.sample(row)));
-        }
-        return Ok(sampled);
-    }
     if let Some(id) = ids.iter().find(|id| !samplers.contains_key(*id)) {
         return Err(missing(id));
     }
@@ -349,7 +340,7 @@ fn sample_rows<'a>(
         .zip(rows)
         .map(|(id, row)| (*id, samplers.remove(id), row, None))
         .collect();
-    parallel_for::for_each_mut(&mut work, 1, |(_, sampler, row, out)| {
+    parallel_for::for_each_mut(&mut work, SAMPLING_GRAIN, |(_, sampler, row, out)| {
         if let Some(sampler) = sampler {
             *out = Some(sampler.sample(row));
         }
@@ -783,10 +774,10 @@ mod tests {
         };
         let make = || -> HashMap<SeqId, Sampler> { (0..12u64).map(|i| (SeqId(i), Sampler::new(params(i), &[1, 2, 3]))).collect() };
         let row = |i: usize| -> Vec<f32> { (0..4096).map(|t| ((t * 31 + i * 7) % 97) as f32 / 9.0).collect() };
-        // Every step below samples 12 sequences (over PARALLEL_SAMPLING_MIN),
-        // in an order that is not the ids' own.
+        // Every step below samples 12 sequences (over SAMPLING_GRAIN, so
+        // split over threads), in an order that is not the ids' own.
         let ids: Vec<SeqId> = [5u64, 0, 11, 3, 8, 1, 9, 2, 10, 4, 7, 6].into_iter().map(SeqId).collect();
-        assert!(ids.len() >= PARALLEL_SAMPLING_MIN);
+        assert!(ids.len() > SAMPLING_GRAIN);
         let (mut split, mut serial) = (make(), make());
         for step in 0..4 {
             let mut rows: Vec<Vec<f32>> = (0..ids.len()).map(|i| row(i + step)).collect();

@@ -32,9 +32,11 @@ struct Job<'a, T, F> {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
 
-/// Calls `body` once on every item, the items split into contiguous ranges
-/// of at least `grain` over libtorch's threads; returns once all are done.
-/// A panic in `body` is raised again here, after every thread has stopped.
+/// Calls `body` once on every item and returns once all are done. Up to
+/// `grain` items run on the calling thread; more are split into contiguous
+/// ranges over at most `len / grain` (rounded up) of libtorch's threads
+/// (at::parallel_for's rule). A panic in `body` is raised again here, after
+/// every thread has stopped.
 pub fn for_each_mut<T: Send, F: Fn(&mut T) + Sync>(items: &mut [T], grain: usize, body: F) {
     let job = Job {
         items: items.as_mut_ptr(),
