@@ -20,8 +20,10 @@
 //! `src/model/chunk_attention.cpp` (a prefill chunk's attention over its
 //! cached prefix, bf16 on AVX512-BF16; both bf16 attention kernels share
 //! `softmax_bf16.h`),
-//! `src/model/inference_mode.cpp` (libtorch's InferenceMode) and
-//! `src/model/parallel_for.cpp` (Rust loops on libtorch's threads).
+//! `src/model/inference_mode.cpp` (libtorch's InferenceMode),
+//! `src/model/parallel_for.cpp` (Rust loops on libtorch's threads) and
+//! `src/model/decode_stack.cpp` (a few-row decode step in one call, on the
+//! kernels' raw-row entries declared in `src/model/row_kernels.h`).
 use std::path::{Path, PathBuf};
 
 fn main() {
@@ -50,7 +52,7 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 10] = [
+    const SRCS: [&str; 11] = [
         "src/model/packed_linear.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
@@ -61,8 +63,9 @@ fn compile_shims(torch: &Path) {
         "src/model/chunk_attention.cpp",
         "src/model/inference_mode.cpp",
         "src/model/parallel_for.cpp",
+        "src/model/decode_stack.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h", "src/model/row_kernels.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

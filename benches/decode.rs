@@ -5,14 +5,16 @@
 //! bf16 at batch 1 and 8 with 4096-token contexts, where decode attention
 //! reads as many bytes per step as the weights. `gguf-blocks` is bf16 with the
 //! file's weights kept in their blocks (the layers' Q4_1, the tied head's
-//! Q8_0: `quantization = "gguf"`), on CPUs with AVX512_BF16. Criterion reports
+//! Q8_0: `quantization = "gguf"`), on CPUs with AVX512_BF16. The
+//! `-tensor-path` cases run one-row steps layer by layer through tch instead
+//! of in one native call (`decode_stack`), for comparison. Criterion reports
 //! elements/s = generated tokens/s. `benches/transformers_decode.py` measures
 //! transformers' generate on the same GGUF in the same `make bench` run.
 
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use inferd::model::{source, LogitsFor, Model, Placement, SeqInput};
+use inferd::model::{decode_stack, source, LogitsFor, Model, Placement, SeqInput};
 use tch::{Device, Kind};
 
 const CONTEXT: i64 = 128;
@@ -23,13 +25,16 @@ fn decode_steps(c: &mut Criterion) {
     let files = source::open(&path).expect("open SmolLM2 (run `make setup`)");
     let mut group = c.benchmark_group("smollm2_decode_step");
     group.sample_size(20);
-    let cases: [(&str, Kind, bool, i64, &[i64]); 4] = [
-        ("bf16", Kind::BFloat16, false, CONTEXT, &[1, 8, 32]),
-        ("gguf-blocks", Kind::BFloat16, true, CONTEXT, &[1, 8, 32]),
-        ("bf16-ctx4096", Kind::BFloat16, false, 4096, &[1, 8]),
-        ("f32", Kind::Float, false, CONTEXT, &[1, 8, 32]),
+    // (name, kind, GGUF blocks, context, batches, one-call step on)
+    let cases: [(&str, Kind, bool, i64, &[i64], bool); 6] = [
+        ("bf16", Kind::BFloat16, false, CONTEXT, &[1, 8, 32], true),
+        ("bf16-tensor-path", Kind::BFloat16, false, CONTEXT, &[1], false),
+        ("gguf-blocks", Kind::BFloat16, true, CONTEXT, &[1, 8, 32], true),
+        ("gguf-blocks-tensor-path", Kind::BFloat16, true, CONTEXT, &[1], false),
+        ("bf16-ctx4096", Kind::BFloat16, false, 4096, &[1, 8], true),
+        ("f32", Kind::Float, false, CONTEXT, &[1, 8, 32], true),
     ];
-    for (name, kind, gguf_blocks, context, batches) in cases {
+    for (name, kind, gguf_blocks, context, batches, stack) in cases {
         if gguf_blocks && !inferd::model::gemv_gguf::available() {
             continue;
         }
@@ -50,9 +55,11 @@ fn decode_steps(c: &mut Criterion) {
             }
             let step: Vec<SeqInput> = seqs.iter().map(|s| SeqInput { tokens: vec![42], start_pos: context, block_table: s.block_table.clone() }).collect();
             group.throughput(Throughput::Elements(batch as u64));
+            decode_stack::set_enabled(stack);
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, _| {
                 b.iter(|| model.forward(&step, &mut cache, LogitsFor::LastToken).expect("decode"))
             });
+            decode_stack::set_enabled(true);
         }
     }
     group.finish();

@@ -28,6 +28,7 @@
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "decode_attention_bf16.h"
+#include "row_kernels.h"
 
 namespace {
 
@@ -334,7 +335,69 @@ INFERD_CLONES void combine(const float* part, int64_t parts, int64_t stride, int
 // step does not fault fresh pages in on every layer.
 thread_local std::vector<float> partials;
 
+// Every sequence's attention (see inferd_fused_decode_attention, which
+// checks the arguments first): q row i at qp + i * qs, out [n, heads, d].
+template <typename T>
+void attend_all(const T* qp, int64_t qs, int64_t n, int64_t heads, int64_t d, const T* kp, const T* vp, int64_t block_size, int64_t kvh,
+                const int64_t* tab, int64_t nb, const int64_t* lens, float sc, T* op) {
+    const int64_t group = heads / kvh, rec = kvh * d, stride = partial_floats(d);
+    // Items: (sequence, partition, kv head), sequence by sequence. A
+    // sequence of one partition writes `out`; a longer one its partials,
+    // from part_at[i]: head h's for partition j at (h * parts + j) * stride.
+    auto parts_of = [&](int64_t i) { return (lens[i] + kPartition - 1) / kPartition; };
+    std::vector<int64_t> first_item(static_cast<size_t>(n + 1), 0), part_at(static_cast<size_t>(n), -1);
+    int64_t floats = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t parts = parts_of(i);
+        first_item[i + 1] = first_item[i] + parts * kvh;
+        if (parts > 1) {
+            part_at[i] = floats;
+            floats += heads * parts * stride;
+        }
+    }
+    // Too few items to keep every thread busy (one short sequence): one
+    // item per query head instead, except for decode_attention_bf16's
+    // item, which reads each key and value row once for the whole group:
+    // split per head it re-reads every row per head, and measured 1.6-1.9x
+    // slower at one sequence (SmolLM2: 3 kv heads of 3 query heads, contexts of
+    // 64-512, two threads) despite the evener split. Only the work split
+    // changes, not a bit.
+    const int threads = inferd_pool::active() ? inferd_pool::threads() : at::get_num_threads();
+    const bool whole_groups = std::is_same_v<T, c10::BFloat16> && inferd_decode_bf16::applies(d, group);
+    const int64_t per_item = first_item[n] < 4 * threads && !whole_groups ? 1 : group, splits = group / per_item;
+    partials.resize(static_cast<size_t>(floats));
+    float* pp = partials.data();
+    for_items(first_item[n] * splits, [&](int64_t item, std::vector<float>& buf) {
+        const int64_t split_of = item % splits;
+        item /= splits;
+        const int64_t i = std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
+        const int64_t local = item - first_item[i], j = local / kvh, g = local % kvh;
+        const int64_t parts = parts_of(i);
+        const int64_t p0 = j * kPartition, p1 = std::min(lens[i], p0 + kPartition);
+        const int64_t h0 = g * group + split_of * per_item;
+        T* o = parts == 1 ? op + (i * heads + h0) * d : nullptr;
+        float* pt = parts == 1 ? nullptr : pp + part_at[i] + (h0 * parts + j) * stride;
+        attend_part<T>(qp + i * qs + h0 * d, d, per_item, kp, vp, g * d, rec, tab + i * nb, block_size, p0, p1, sc, o, pt, parts * stride,
+                       buf);
+    });
+    // Heads of sequences that were split: one item per (sequence, head).
+    std::vector<int64_t> split;
+    for (int64_t i = 0; i < n; ++i)
+        if (part_at[i] >= 0) split.push_back(i);
+    for_items(static_cast<int64_t>(split.size()) * heads, [&](int64_t item, std::vector<float>& buf) {
+        const int64_t i = split[item / heads], h = item % heads;
+        const int64_t parts = parts_of(i);
+        combine<T>(pp + part_at[i] + h * parts * stride, parts, stride, d, op + (i * heads + h) * d, buf);
+    });
+}
+
 }  // namespace
+
+void inferd_rows::decode_attention(const bf16* q, int64_t q_stride, int64_t n, int64_t heads, int64_t d, const bf16* k_pool,
+                                   const bf16* v_pool, int64_t block_size, int64_t kvh, const int64_t* tables, int64_t nb,
+                                   const int64_t* ctx_lens, float scale, bf16* out) {
+    attend_all<bf16>(q, q_stride, n, heads, d, k_pool, v_pool, block_size, kvh, tables, nb, ctx_lens, scale, out);
+}
 
 extern "C" {
 
@@ -371,63 +434,10 @@ at::Tensor* inferd_fused_decode_attention(const at::Tensor* q, const at::Tensor*
             }
         }
         at::Tensor out = at::empty({n, heads, d}, q->options().memory_format(at::MemoryFormat::Contiguous));
-        const float sc = static_cast<float>(scale);
-        const int64_t group = heads / kvh, rec = kvh * d, stride = partial_floats(d);
-        // Items: (sequence, partition, kv head), sequence by sequence. A
-        // sequence of one partition writes `out`; a longer one its partials,
-        // from part_at[i]: head h's for partition j at (h * parts + j) * stride.
-        auto parts_of = [&](int64_t i) { return (lens[i] + kPartition - 1) / kPartition; };
-        std::vector<int64_t> first_item(static_cast<size_t>(n + 1), 0), part_at(static_cast<size_t>(n), -1);
-        int64_t floats = 0;
-        for (int64_t i = 0; i < n; ++i) {
-            const int64_t parts = parts_of(i);
-            first_item[i + 1] = first_item[i] + parts * kvh;
-            if (parts > 1) {
-                part_at[i] = floats;
-                floats += heads * parts * stride;
-            }
-        }
-        // Too few items to keep every thread busy (one short sequence): one
-        // item per query head instead, except for decode_attention_bf16's
-        // item, which reads each key and value row once for the whole group:
-        // split per head it re-reads every row per head, and measured 1.6-1.9x
-        // slower at one sequence (SmolLM2: 3 kv heads of 3 query heads, contexts of
-        // 64-512, two threads) despite the evener split. Only the work split
-        // changes, not a bit.
-        const int threads = inferd_pool::active() ? inferd_pool::threads() : at::get_num_threads();
-        const bool whole_groups = kind == at::kBFloat16 && inferd_decode_bf16::applies(d, group);
-        const int64_t per_item = first_item[n] < 4 * threads && !whole_groups ? 1 : group, splits = group / per_item;
-        partials.resize(static_cast<size_t>(floats));
-        float* pp = partials.data();
         by_kind(kind, [&](auto tag) {
             using T = decltype(tag);
-            const T* qp = q->data_ptr<T>();
-            const T* kp = k_pool->data_ptr<T>();
-            const T* vp = v_pool->data_ptr<T>();
-            T* op = out.data_ptr<T>();
-            const int64_t qs = q->stride(0);
-            for_items(first_item[n] * splits, [&](int64_t item, std::vector<float>& buf) {
-                const int64_t split_of = item % splits;
-                item /= splits;
-                const int64_t i = std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
-                const int64_t local = item - first_item[i], j = local / kvh, g = local % kvh;
-                const int64_t parts = parts_of(i);
-                const int64_t p0 = j * kPartition, p1 = std::min(lens[i], p0 + kPartition);
-                const int64_t h0 = g * group + split_of * per_item;
-                T* o = parts == 1 ? op + (i * heads + h0) * d : nullptr;
-                float* pt = parts == 1 ? nullptr : pp + part_at[i] + (h0 * parts + j) * stride;
-                attend_part<T>(qp + i * qs + h0 * d, d, per_item, kp, vp, g * d, rec, tab + i * nb, block_size, p0, p1, sc, o,
-                               pt, parts * stride, buf);
-            });
-            // Heads of sequences that were split: one item per (sequence, head).
-            std::vector<int64_t> split;
-            for (int64_t i = 0; i < n; ++i)
-                if (part_at[i] >= 0) split.push_back(i);
-            for_items(static_cast<int64_t>(split.size()) * heads, [&](int64_t item, std::vector<float>& buf) {
-                const int64_t i = split[item / heads], h = item % heads;
-                const int64_t parts = parts_of(i);
-                combine<T>(pp + part_at[i] + h * parts * stride, parts, stride, d, op + (i * heads + h) * d, buf);
-            });
+            attend_all<T>(q->data_ptr<T>(), q->stride(0), n, heads, d, k_pool->data_ptr<T>(), v_pool->data_ptr<T>(), block_size, kvh, tab, nb,
+                          lens, static_cast<float>(scale), out.data_ptr<T>());
         });
         return out;
     });

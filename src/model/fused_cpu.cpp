@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "cpu_kernels.h"
+#include "row_kernels.h"
 
 namespace {
 
@@ -89,7 +90,39 @@ INFERD_CLONES void rotary(T* x, int64_t row_stride, const T* cos, const T* sin, 
     }
 }
 
+// gu [T, 2I] = [gate | up] -> silu(gate) * up [T, I], as the eager
+// `gate.silu() * up` computes it for bf16/f16: silu in f32 (x / (1 + e^-x))
+// rounded to T, then the product in f32 rounded to T. e^x is exp_f32 (within
+// about an ulp of libtorch's), so a result can differ from the eager ops'
+// by an ulp of T; both the layer's tensor path and decode_stack.cpp use
+// this loop, so a row gets the same bits through either.
+template <typename T>
+INFERD_CLONES void silu_mul(const T* gu, T* out, int64_t begin, int64_t end, int64_t inter) {
+    for (int64_t r = begin; r < end; ++r) {
+        const T* gate = gu + r * 2 * inter;
+        const T* up = gate + inter;
+        T* o = out + r * inter;
+        for (int64_t i = 0; i < inter; ++i) {
+            const float g = static_cast<float>(gate[i]);
+            const float s = rounded<T>(g / (1.0f + exp_f32(-g)));
+            o[i] = to_t<T>(s * static_cast<float>(up[i]));
+        }
+    }
+}
+
 }  // namespace
+
+void inferd_rows::add_rms_norm(const bf16* x, const bf16* delta, const bf16* w, bf16* sum, bf16* out, int64_t rows, int64_t h, float eps) {
+    ::add_rms_norm<bf16>(x, delta, w, sum, out, 0, rows, h, eps);
+}
+
+void inferd_rows::rotary(bf16* x, int64_t row_stride, const bf16* cos, const bf16* sin, int64_t rows, int64_t heads, int64_t d) {
+    ::rotary<bf16>(x, row_stride, cos, sin, 0, rows, heads, d);
+}
+
+void inferd_rows::silu_mul(const bf16* gu, bf16* out, int64_t rows, int64_t inter) {
+    ::silu_mul<bf16>(gu, out, 0, rows, inter);
+}
 
 extern "C" {
 
@@ -194,6 +227,25 @@ int inferd_fused_write_kv(const at::Tensor* k_pool, const at::Tensor* v_pool, co
             std::memcpy(kp + s[r] * bytes, kr + r * ks, bytes);
             std::memcpy(vp + s[r] * bytes, vr + r * vs, bytes);
         }
+    });
+}
+
+// gu [T, 2I] contiguous ([gate | up], bf16 or f16) -> silu(gate) * up [T, I].
+at::Tensor* inferd_fused_silu_mul(const at::Tensor* gu, int64_t inter) {
+    return inferd_shim::new_tensor([&] {
+        const auto kind = gu->scalar_type();
+        check_cpu_kind(*gu, "SwiGLU input", kind);
+        TORCH_CHECK(gu->dim() == 2 && gu->is_contiguous() && inter > 0 && gu->size(1) == 2 * inter,
+                    "SwiGLU input must be a contiguous [T, ", 2 * inter, "], not ", gu->sizes());
+        const int64_t rows = gu->size(0);
+        at::Tensor out = at::empty({rows, inter}, gu->options());
+        by_kind(kind, [&](auto tag) {
+            using T = decltype(tag);
+            const T* gp = gu->data_ptr<T>();
+            T* op = out.data_ptr<T>();
+            at::parallel_for(0, rows, row_grain(2 * inter), [&](int64_t begin, int64_t end) { silu_mul<T>(gp, op, begin, end, inter); });
+        });
+        return out;
     });
 }
 

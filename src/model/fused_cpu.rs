@@ -1,6 +1,6 @@
 //! Fused CPU kernels for a layer's small steps: residual add plus RMSNorm,
-//! rotary in place, the K/V write into the paged pools, and decode
-//! attention read straight from the pools.
+//! rotary in place, SwiGLU's product, the K/V write into the paged pools,
+//! and decode attention read straight from the pools.
 //!
 //! In a decode step these steps touch a few hundred values per row, so
 //! libtorch's cost per op (dispatch, iterator set-up, an output allocation)
@@ -106,6 +106,21 @@ pub fn write_kv(k_pool: &Tensor, v_pool: &Tensor, slots: &Tensor, k: &Tensor, v:
     check(unsafe { ffi::write_kv(k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), slots.as_ptr().cast(), k.as_ptr().cast(), v.as_ptr().cast()) })
 }
 
+/// SwiGLU's `silu(gate) * up` for gu [T, 2 * inter] = [gate | up]
+/// (contiguous, bf16 or f16) -> [T, inter], rounded where the eager ops
+/// round (silu's result, then the product), e^x within about an ulp of
+/// libtorch's. `decode_stack` runs the same loop.
+pub fn silu_mul(gu: &Tensor, inter: i64) -> Result<Tensor, TchError> {
+    // SAFETY: a live handle for the whole call; the shim checks its kind,
+    // shape and layout and returns a fresh owned tensor or null.
+    let ptr = unsafe { ffi::silu_mul(gu.as_ptr().cast(), inter) };
+    if ptr.is_null() {
+        return Err(last_error());
+    }
+    // SAFETY: a non-null return is a fresh `new at::Tensor`, now owned here.
+    Ok(unsafe { Tensor::from_ptr(ptr.cast()) })
+}
+
 /// Decode attention straight from the paged pools: q [n, heads, D] (rows
 /// contiguous), pools [blocks, block size, kv heads, D], `tables` int64
 /// [n * nb] (sequence i's blocks at i * nb), `ctx_lens` int64 [n]. Returns
@@ -135,6 +150,8 @@ mod ffi {
         pub fn write_kv(k_pool: *const c_void, v_pool: *const c_void, slots: *const c_void, k: *const c_void, v: *const c_void) -> c_int;
         #[link_name = "inferd_fused_decode_attention"]
         pub fn decode_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, tables: *const c_void, ctx_lens: *const c_void, scale: f64) -> *mut c_void;
+        #[link_name = "inferd_fused_silu_mul"]
+        pub fn silu_mul(gu: *const c_void, inter: i64) -> *mut c_void;
         #[link_name = "inferd_chunk_attention_available"]
         pub fn chunk_attention_available() -> c_int;
         #[link_name = "inferd_chunk_attention"]
@@ -158,6 +175,9 @@ mod ffi {
         1
     }
     pub unsafe fn decode_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: f64) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    pub unsafe fn silu_mul(_: *const c_void, _: i64) -> *mut c_void {
         std::ptr::null_mut()
     }
     pub unsafe fn chunk_attention_available() -> c_int {
@@ -261,6 +281,29 @@ mod tests {
             assert!(qkv.narrow(1, 0, heads + kv).equal(&want), "{kind:?}: rotated heads differ");
             assert!(qkv.narrow(1, heads + kv, kv).equal(&untouched), "{kind:?}: v heads were touched");
         }
+    }
+
+    #[test]
+    fn silu_mul_matches_the_eager_ops() {
+        tch::manual_seed(5);
+        // 40 rows of SmolLM2's 1536: enough to be split over threads; inputs
+        // up to +-12 reach where e^-x is large and where silu(x) is x.
+        let (t, inter) = (40, 1536);
+        for kind in [Kind::BFloat16, Kind::Half] {
+            let gu = (rand(&[t, 2 * inter], Kind::Float) * 4.0).to_kind(kind);
+            let got = silu_mul(&gu, inter).unwrap();
+            let want = gu.narrow(1, 0, inter).silu() * gu.narrow(1, inter, inter);
+            assert_eq!(got.size(), [t, inter]);
+            // e^x within about an ulp of libtorch's: a result differs at most
+            // where silu lands next to a rounding boundary of the dtype.
+            let (n, rel) = ulp_diffs(&got, &want);
+            assert!(n * 1000 <= want.numel() as i64 && rel < 0.01, "{kind:?}: {n} differ, largest relative {rel}");
+            // A row does not depend on the rows beside it.
+            let one = silu_mul(&gu.narrow(0, 7, 1).contiguous(), inter).unwrap();
+            assert!(one.equal(&got.narrow(0, 7, 1)), "{kind:?}: a row alone differs from the same row in a batch");
+        }
+        let odd = Tensor::zeros([2, 5], (Kind::BFloat16, Device::Cpu));
+        assert!(silu_mul(&odd, 3).is_err(), "a width other than 2 * inter is an error, not a read past the row");
     }
 
     #[test]

@@ -39,6 +39,7 @@
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "owned_chunks.h"
+#include "row_kernels.h"
 #include "shim_error.h"
 
 namespace {
@@ -183,6 +184,19 @@ struct LinesJob {
 
 }  // namespace
 
+void inferd_rows::gemv_bf16(const bf16* x, int64_t rows, uintptr_t w, int64_t n, int64_t k, int64_t step, bf16* y) {
+    const Problem pb{reinterpret_cast<const uint16_t*>(x), k / 2, reinterpret_cast<const __m512i*>(w), reinterpret_cast<uint16_t*>(y), n,
+                     step / 2};
+    if (inferd_pool::active()) {
+        LinesJob job(&pb, rows, successors.after(Weight{w, n, k}), inferd_pool::threads());
+        inferd_pool::run(job);
+    } else {
+        // Lines are the work items: each thread gets a contiguous range,
+        // balanced to one line.
+        at::parallel_for(0, n / kLine, 1, [&](int64_t u0, int64_t u1) { run_lines(pb, rows, u0, u1); });
+    }
+}
+
 extern "C" {
 
 int inferd_gemv_bf16_available() {
@@ -214,16 +228,7 @@ at::Tensor* inferd_gemv_bf16(const at::Tensor* x, uintptr_t w, int64_t n, int64_
         const at::Tensor xc = x->contiguous();
         const int64_t rows = xc.size(0);
         at::Tensor y = at::empty({rows, n}, x->options());
-        const Problem pb{static_cast<const uint16_t*>(xc.const_data_ptr()), k / 2, reinterpret_cast<const __m512i*>(w),
-                         static_cast<uint16_t*>(y.mutable_data_ptr()), n, step / 2};
-        if (inferd_pool::active()) {
-            LinesJob job(&pb, rows, successors.after(Weight{w, n, k}), inferd_pool::threads());
-            inferd_pool::run(job);
-        } else {
-            // Lines are the work items: each thread gets a contiguous range,
-            // balanced to one line.
-            at::parallel_for(0, n / kLine, 1, [&](int64_t u0, int64_t u1) { run_lines(pb, rows, u0, u1); });
-        }
+        inferd_rows::gemv_bf16(xc.const_data_ptr<c10::BFloat16>(), rows, w, n, k, step, y.mutable_data_ptr<c10::BFloat16>());
         return y;
     });
 }

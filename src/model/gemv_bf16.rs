@@ -77,6 +77,14 @@ pub fn for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, 
     Ok(Some(RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step }))
 }
 
+impl RowKernel {
+    /// The weight as `decode_stack` hands it to the kernel: the packed
+    /// bytes (alive as long as `self`), n, k and the inputs per accumulator.
+    pub(crate) fn stack_product(&self) -> super::decode_stack::Product {
+        super::decode_stack::Product::bf16_rows(self.ptr, self.n, self.k, self.step)
+    }
+}
+
 /// Ask Linux to back `len` bytes at `ptr` (and the rest of the 2 MiB pages
 /// they touch) with transparent huge pages. Streaming a weight through 4 KiB
 /// pages costs a page walk every 4 KiB: 2 MiB pages read a 453 MB weight 7%

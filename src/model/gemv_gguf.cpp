@@ -54,6 +54,7 @@
 #include "cpu_kernels.h"
 #include "cpu_pool.h"
 #include "owned_chunks.h"
+#include "row_kernels.h"
 #include "shim_error.h"
 
 namespace {
@@ -248,6 +249,25 @@ void product(const Problem& pb, int64_t rows, const Weight& next) {
 
 }  // namespace
 
+void inferd_rows::gemv_gguf(const bf16* x, int64_t rows, const uint8_t* w, int64_t n, int64_t k, int64_t format, bf16* y) {
+    if (rows == 0) return;
+    const int64_t blocks = k / kBlockIn, block_bytes = format == 4 ? Q4::kBlockBytes : Q8::kBlockBytes;
+    const auto* xp = reinterpret_cast<const uint16_t*>(x);
+    // Small: rows x blocks floats (64 x 48 at most in a decode step).
+    std::vector<float> xsum;
+    if (format == 4) {
+        xsum.resize(static_cast<size_t>(rows * blocks));
+        block_sums(xp, rows, k, xsum.data());
+    }
+    const Problem pb{xp, xsum.data(), w, reinterpret_cast<uint16_t*>(y), k, n, blocks};
+    const Weight next = inferd_pool::active() ? successors.after(Weight{reinterpret_cast<uintptr_t>(pb.w), n, k, block_bytes}) : Weight{};
+    if (format == 4) {
+        product<Q4>(pb, rows, next);
+    } else {
+        product<Q8>(pb, rows, next);
+    }
+}
+
 extern "C" {
 
 // x: bf16 [M, K]; w: layout `format` (4: Q4, 8: Q8_0) of an [N, K] weight
@@ -265,24 +285,10 @@ at::Tensor* inferd_gemv_gguf(const at::Tensor* x, const at::Tensor* w, int64_t n
         TORCH_CHECK(w->scalar_type() == at::kByte && w->is_contiguous() && w->numel() == n / kLine * (k / kBlockIn) * block_bytes,
                     "gemv_gguf: the weight is not a packed [", n, ", ", k, "] layout ", format);
         const at::Tensor xc = x->contiguous();
-        const int64_t rows = xc.size(0), blocks = k / kBlockIn;
+        const int64_t rows = xc.size(0);
         at::Tensor y = at::empty({rows, n}, x->options());
-        if (rows == 0) return y;
-        const auto* xp = static_cast<const uint16_t*>(xc.const_data_ptr());
-        // Small: rows x blocks floats (64 x 48 at most in a decode step).
-        std::vector<float> xsum;
-        if (format == 4) {
-            xsum.resize(static_cast<size_t>(rows * blocks));
-            block_sums(xp, rows, k, xsum.data());
-        }
-        const Problem pb{xp, xsum.data(), static_cast<const uint8_t*>(w->const_data_ptr()),
-                         static_cast<uint16_t*>(y.mutable_data_ptr()), k, n, blocks};
-        const Weight next = inferd_pool::active() ? successors.after(Weight{reinterpret_cast<uintptr_t>(pb.w), n, k, block_bytes}) : Weight{};
-        if (format == 4) {
-            product<Q4>(pb, rows, next);
-        } else {
-            product<Q8>(pb, rows, next);
-        }
+        inferd_rows::gemv_gguf(xc.const_data_ptr<c10::BFloat16>(), rows, static_cast<const uint8_t*>(w->const_data_ptr()), n, k, format,
+                               y.mutable_data_ptr<c10::BFloat16>());
         return y;
     });
 }

@@ -102,6 +102,12 @@ impl GgufWeight {
         Ok(Some(GgufWeight { packed, n, k, format }))
     }
 
+    /// The weight as `decode_stack` hands it to the kernel: the layout's
+    /// bytes (alive as long as `self`), n, k and the layout.
+    pub(crate) fn stack_product(&self) -> super::decode_stack::Product {
+        super::decode_stack::Product::gguf(self.packed.data_ptr() as usize, self.n, self.k, self.format)
+    }
+
     /// `x W^T` for bf16 x [rows, k] -> bf16 [rows, n].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, TchError> {
         if x.kind() != Kind::BFloat16 {

@@ -51,6 +51,11 @@ impl KvCache {
         self.num_blocks
     }
 
+    /// Every layer's K and V pools, in layer order.
+    pub fn layers_mut(&mut self) -> impl Iterator<Item = (&mut Tensor, &mut Tensor)> {
+        self.k.iter_mut().zip(self.v.iter_mut())
+    }
+
     /// The K and V pools of one layer.
     pub fn layer(&mut self, layer: usize) -> (&mut Tensor, &mut Tensor) {
         (&mut self.k[layer], &mut self.v[layer])

@@ -155,6 +155,16 @@ impl Linear {
         }
     }
 
+    /// The weight as `decode_stack` reads it: a bf16 row kernel's or GGUF
+    /// blocks' bytes, without bias; `None` for any other form.
+    pub fn stack_product(&self) -> Option<super::decode_stack::Product> {
+        match (&self.weight, &self.bias) {
+            (WeightForm::Packed(p), None) => p.row_kernel().map(|k| k.stack_product()),
+            (WeightForm::Quant(w), None) => Some(w.stack_product()),
+            _ => None,
+        }
+    }
+
     /// Whether the weight is kept in GGUF blocks (`gemv_gguf`).
     pub fn is_quantized(&self) -> bool {
         matches!(self.weight, WeightForm::Quant(_))
@@ -222,6 +232,14 @@ impl RmsNorm {
         let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
         // transformers multiplies the weight with the input-dtype tensor.
         self.weight.f_mul(&normed.f_to_kind(kind)?)
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn eps(&self) -> f64 {
+        self.eps
     }
 
     /// The residual add before a norm, fused with it where the CPU kernels

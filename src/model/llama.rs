@@ -2,12 +2,14 @@
 //! Qwen2 (q/k/v biases). RMSNorm, rotary positions, SwiGLU MLP, grouped-query
 //! attention over the paged KV cache. Weights in Hugging Face naming.
 
-use tch::{TchError, Tensor};
+use tch::{Device, Kind, TchError, Tensor};
 
 use super::attention::{paged_attention, AttnShape};
-use super::batch::StepTensors;
+use super::batch::{AttnGroup, StepTensors};
+use super::decode_stack::{self, LayerWeights, Product, StepInputs};
 use super::config::ModelConfig;
 use super::kv_cache::KvCache;
+use super::fused_cpu;
 use super::layers::{Embedding, Linear, Placement, RmsNorm, Rotary};
 use super::loader::{LoadError, WeightSource};
 
@@ -39,6 +41,9 @@ pub struct Llama {
     lm_head: Linear,
     rotary: Rotary,
     placement: Placement,
+    /// Each layer's [qkv, o, gate_up, down] as `decode_stack` reads them,
+    /// when every one has a row kernel and no bias (CPU, bf16).
+    stack: Option<Vec<[Product; 4]>>,
 }
 
 impl Llama {
@@ -82,13 +87,22 @@ impl Llama {
             Linear::load(ws, &at, "lm_head", h, cfg.vocab_size, false)?
         };
         let rotary = Rotary::new(cfg, max_pos, at.device).map_err(|source| LoadError::Torch { path: ws.origin(), source })?;
-        Ok(Llama { embed, blocks, norm, lm_head, rotary, placement: at })
+        let stack = if at.device == Device::Cpu && at.kind == Kind::BFloat16 {
+            let products = |b: &Block| Some([b.attn.qkv.stack_product()?, b.attn.o.stack_product()?, b.mlp.gate_up.stack_product()?, b.mlp.down.stack_product()?]);
+            blocks.iter().map(products).collect::<Option<Vec<_>>>()
+        } else {
+            None
+        };
+        Ok(Llama { embed, blocks, norm, lm_head, rotary, placement: at, stack })
     }
 
     /// Hidden states after the final norm for every fed token: [T, hidden].
     pub fn forward_hidden(&self, step: &StepTensors, cache: &mut KvCache) -> Result<Tensor, TchError> {
         let (cos, sin) = self.rotary.select(&step.positions, self.placement.kind)?;
         let mut x = self.embed.forward(&step.tokens)?;
+        if let Some(out) = self.native_step(step, cache, &x, &cos, &sin)? {
+            return Ok(out);
+        }
         // Each residual add is done by the norm after it (fused on CPU), so
         // the last block's MLP output waits here for the next norm.
         let mut pending: Option<Tensor> = None;
@@ -116,13 +130,48 @@ impl Llama {
             x = sum;
             let m = &b.mlp;
             let gu = m.gate_up.forward(&h)?;
-            let act = gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?;
+            let act = if fused_cpu::applies(&gu) {
+                fused_cpu::silu_mul(&gu, m.intermediate)?
+            } else {
+                gu.f_narrow(1, 0, m.intermediate)?.f_silu()?.f_mul(&gu.f_narrow(1, m.intermediate, m.intermediate)?)?
+            };
             pending = Some(m.down.forward(&act)?);
         }
         match pending {
             None => self.norm.forward(&x),
             Some(delta) => Ok(self.norm.forward_residual(&x, &delta)?.1),
         }
+    }
+
+    /// The step in one native call (`decode_stack`) where it applies: a
+    /// step of decode rows only, few enough, and every projection on a row
+    /// kernel (`stack`). `None` sends the caller down the tensor path.
+    fn native_step(&self, step: &StepTensors, cache: &mut KvCache, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>, TchError> {
+        let Some(stack) = &self.stack else { return Ok(None) };
+        let rows = x.size()[0];
+        let (tables, ctx_lens) = match step.groups.as_slice() {
+            [AttnGroup::Decode { row: 0, n, tables, ctx_lens, .. }] if *n == rows && decode_stack::applies(rows) => (tables, ctx_lens),
+            _ => return Ok(None),
+        };
+        let (Some(first), true) = (self.blocks.first(), cache.layers_mut().count() == self.blocks.len()) else {
+            return Err(TchError::Torch(format!("KV cache has {} layers, the model {}", cache.layers_mut().count(), self.blocks.len())));
+        };
+        let (shape, intermediate) = (first.attn.shape, first.mlp.intermediate);
+        let mut layers: Vec<LayerWeights> = self
+            .blocks
+            .iter()
+            .zip(stack)
+            .zip(cache.layers_mut())
+            .map(|((b, products), (k_pool, v_pool))| LayerWeights {
+                products: *products,
+                input_norm: b.input_norm.weight(),
+                post_norm: b.post_norm.weight(),
+                k_pool,
+                v_pool,
+            })
+            .collect();
+        let inputs = StepInputs { x, cos, sin, slots: &step.slots, ctx_lens, tables };
+        decode_stack::run(&inputs, &mut layers, self.norm.weight(), self.norm.eps(), shape, intermediate).map(Some)
     }
 
     /// Steps of up to this many tokens run every product on the row kernel

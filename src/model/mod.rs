@@ -10,6 +10,7 @@ pub mod batch;
 pub mod chat_template;
 pub mod config;
 pub mod cpu_pool;
+pub mod decode_stack;
 pub mod fused_cpu;
 pub mod gemv_bf16;
 pub mod gemv_gguf;

@@ -71,6 +71,11 @@ pub fn pack(w: &Tensor, rows: i64) -> Result<PackedWeight, TchError> {
 }
 
 impl PackedWeight {
+    /// The row kernel's view of the packed bytes, when this weight has one.
+    pub(crate) fn row_kernel(&self) -> Option<&RowKernel> {
+        self.rows.as_ref()
+    }
+
     /// Rows up to which `linear` (without bias) runs on the row kernel; 0
     /// when this weight has none.
     pub fn row_kernel_rows(&self) -> i64 {
