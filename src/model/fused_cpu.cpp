@@ -23,10 +23,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_kernels.h"
 #include "row_kernels.h"
+#include "softmax_bf16.h"
 
 namespace {
 
@@ -110,6 +112,62 @@ INFERD_CLONES void silu_mul(const T* gu, T* out, int64_t begin, int64_t end, int
     }
 }
 
+// bf16 lanes [16] widened to f32 (exact), and f32 lanes rounded to bf16
+// bits as to_t rounds them (to nearest even, NaN to 0x7FC0) in the low half
+// of each 32-bit lane. (maskz forms with every lane: the plain intrinsics
+// trip GCC 12's -Wmaybe-uninitialized on their undefined pass-through.)
+INFERD_BF16_TARGET inline __m512 widen_bf16(const uint16_t* p) {
+    const __m512i w = _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, w, 16));
+}
+
+INFERD_BF16_TARGET inline __m512i round_bf16(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, u, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_maskz_srli_epi32(0xFFFF, _mm512_add_epi32(_mm512_add_epi32(u, lsb), _mm512_set1_epi32(0x7FFF)), 16);
+    return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+}
+
+// silu_mul<bf16>'s row on sixteen lanes at a time with AVX-512: the scalar
+// loop's operations in its order (e^-g is exp16<false>, exp_f32's own steps,
+// plus exp_f32's infinity above its range), so the same bits; 3-4x faster
+// than what GCC makes of the scalar loop.
+INFERD_BF16_TARGET void silu_mul_row_avx512(const c10::BFloat16* gate, const c10::BFloat16* up, c10::BFloat16* out, int64_t inter) {
+    const auto* g16 = reinterpret_cast<const uint16_t*>(gate);
+    const auto* u16 = reinterpret_cast<const uint16_t*>(up);
+    auto* o16 = reinterpret_cast<uint16_t*>(out);
+    const __m512i sign = _mm512_set1_epi32(static_cast<int32_t>(0x80000000u));
+    const __m512 one = _mm512_set1_ps(1.0f), hi = _mm512_set1_ps(88.72283f);
+    int64_t i = 0;
+    for (; i + 16 <= inter; i += 16) {
+        const __m512 g = widen_bf16(g16 + i);
+        const __m512 neg = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(g), sign));
+        const __m512 e = _mm512_mask_mov_ps(exp16<false>(neg), _mm512_cmp_ps_mask(neg, hi, _CMP_GT_OQ), _mm512_set1_ps(__builtin_inff()));
+        const __m512 silu = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, round_bf16(_mm512_div_ps(g, _mm512_add_ps(one, e))), 16));
+        const __m512i y = round_bf16(_mm512_mul_ps(silu, widen_bf16(u16 + i)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o16 + i), _mm512_maskz_cvtepi32_epi16(0xFFFF, y));
+    }
+    for (; i < inter; ++i) {
+        const float g = static_cast<float>(gate[i]);
+        const float s = rounded<c10::BFloat16>(g / (1.0f + exp_f32(-g)));
+        out[i] = to_t<c10::BFloat16>(s * static_cast<float>(up[i]));
+    }
+}
+
+// Rows [begin, end) of silu_mul: bf16 on AVX512-BF16 CPUs takes the
+// intrinsics above, everything else the scalar loop.
+template <typename T>
+void silu_mul_rows(const T* gu, T* out, int64_t begin, int64_t end, int64_t inter) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
+        static const bool avx512 = cpu_has_avx512_bf16();
+        if (avx512) {
+            for (int64_t r = begin; r < end; ++r) silu_mul_row_avx512(gu + r * 2 * inter, gu + r * 2 * inter + inter, out + r * inter, inter);
+            return;
+        }
+    }
+    silu_mul<T>(gu, out, begin, end, inter);
+}
+
 }  // namespace
 
 void inferd_rows::add_rms_norm(const bf16* x, const bf16* delta, const bf16* w, bf16* sum, bf16* out, int64_t rows, int64_t h, float eps) {
@@ -121,7 +179,7 @@ void inferd_rows::rotary(bf16* x, int64_t row_stride, const bf16* cos, const bf1
 }
 
 void inferd_rows::silu_mul(const bf16* gu, bf16* out, int64_t rows, int64_t inter) {
-    ::silu_mul<bf16>(gu, out, 0, rows, inter);
+    silu_mul_rows<bf16>(gu, out, 0, rows, inter);
 }
 
 extern "C" {
@@ -243,7 +301,7 @@ at::Tensor* inferd_fused_silu_mul(const at::Tensor* gu, int64_t inter) {
             using T = decltype(tag);
             const T* gp = gu->data_ptr<T>();
             T* op = out.data_ptr<T>();
-            at::parallel_for(0, rows, row_grain(2 * inter), [&](int64_t begin, int64_t end) { silu_mul<T>(gp, op, begin, end, inter); });
+            at::parallel_for(0, rows, row_grain(2 * inter), [&](int64_t begin, int64_t end) { silu_mul_rows<T>(gp, op, begin, end, inter); });
         });
         return out;
     });

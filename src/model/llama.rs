@@ -1,6 +1,10 @@
 //! The LLaMA family: LLaMA 2/3 (llama3 rope scaling), Mistral, SmolLM2 and
 //! Qwen2 (q/k/v biases). RMSNorm, rotary positions, SwiGLU MLP, grouped-query
 //! attention over the paged KV cache. Weights in Hugging Face naming.
+//!
+//! A step runs layer by layer through tch ops, except that on CPU in bf16 a
+//! step of at most a few decode rows runs in one native call
+//! (`decode_stack`) with the same kernels, for the same bits.
 
 use tch::{Device, Kind, TchError, Tensor};
 
@@ -148,7 +152,7 @@ impl Llama {
     /// kernel (`stack`). `None` sends the caller down the tensor path.
     fn native_step(&self, step: &StepTensors, cache: &mut KvCache, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>, TchError> {
         let Some(stack) = &self.stack else { return Ok(None) };
-        let rows = x.size()[0];
+        let rows = x.size().first().copied().unwrap_or(0);
         let (tables, ctx_lens) = match step.groups.as_slice() {
             [AttnGroup::Decode { row: 0, n, tables, ctx_lens, .. }] if *n == rows && decode_stack::applies(rows) => (tables, ctx_lens),
             _ => return Ok(None),
