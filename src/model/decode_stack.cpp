@@ -18,7 +18,6 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu_kernels.h"
 #include "row_kernels.h"
 #include "shim_error.h"
 
