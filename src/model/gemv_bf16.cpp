@@ -93,35 +93,28 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512
 template <int G>
 INFERD_BF16_TARGET void rows_of(const Problem& pb, int64_t rows, const __m512i* const* line, const int64_t* out) {
     int64_t r = 0;
-    if constexpr (G <= 4) {
-        for (; r + 4 <= rows; r += 4) tile<4, G>(pb, r, line, out);
-        if (rows - r == 3) return tile<3, G>(pb, r, line, out);
-    }
+    for (; r + 4 <= rows; r += 4) tile<4, G>(pb, r, line, out);
+    if (rows - r == 3) return tile<3, G>(pb, r, line, out);
     for (; r + 2 <= rows; r += 2) tile<2, G>(pb, r, line, out);
     if (r < rows) tile<1, G>(pb, r, line, out);
 }
 
-// Lines [u0, u1) (line u: outputs 16u..16u+15) for every row. One or two
-// rows take eight lines (two blocks) at a time, so that one row still has
-// eight independent accumulators; more rows take four lines at a time, four
-// rows per pass (16 accumulators), and rows past a pass re-read the group's
-// lines from L2 rather than the weight from memory.
+// Lines [u0, u1) (line u: outputs 16u..16u+15) for every row, four lines
+// (one block, one sequential stream of the weight) at a time, four rows per
+// pass (16 accumulators); rows past a pass re-read the block's lines from L2
+// rather than the weight from memory. One row keeps four accumulators, which
+// is plenty: a row's product waits on memory, not on VDPBF16PS's latency.
 INFERD_BF16_TARGET void run_lines(const Problem& pb, int64_t rows, int64_t u0, int64_t u1) {
     const int64_t block_lines = pb.pairs * kLinesPerBlock;
-    const int group = rows <= 2 ? 8 : 4;
     while (u0 < u1) {
-        const __m512i* line[8];
-        int64_t out[8];
+        const __m512i* line[kLinesPerBlock];
+        int64_t out[kLinesPerBlock];
         int g = 0;
-        for (; g < group && u0 < u1; ++g, ++u0) {
+        for (; g < kLinesPerBlock && u0 < u1; ++g, ++u0) {
             line[g] = pb.w + (u0 / kLinesPerBlock) * block_lines + u0 % kLinesPerBlock;
             out[g] = u0 * kLine;
         }
         switch (g) {
-            case 8: rows_of<8>(pb, rows, line, out); break;
-            case 7: rows_of<7>(pb, rows, line, out); break;
-            case 6: rows_of<6>(pb, rows, line, out); break;
-            case 5: rows_of<5>(pb, rows, line, out); break;
             case 4: rows_of<4>(pb, rows, line, out); break;
             case 3: rows_of<3>(pb, rows, line, out); break;
             case 2: rows_of<2>(pb, rows, line, out); break;
@@ -137,12 +130,15 @@ struct Weight {
     int64_t block_bytes() const { return k / 2 * 256; }
 };
 
-// Chunks of `chunk` lines are the unit of work; thread t of `threads` owns
-// chunks [t*C/threads, (t+1)*C/threads). A chunk is whole 64-output blocks,
-// so a thread's chunks are one contiguous run of the packed bytes.
+// A block (64 outputs, four lines) is the unit of work; thread t of
+// `threads` owns blocks [t*C/threads, (t+1)*C/threads), one contiguous run
+// of the packed bytes. A block is 74-197 KB for SmolLM2's shapes: a thread
+// that runs out of work waits at most one block for the other. (Two blocks
+// per item, which gave one row eight accumulators, made that wait twice as
+// long: a one-row step of 121 products took 3-6% longer, head and layers.)
 struct Split {
     int64_t lines, chunk, chunks;
-    Split(int64_t n, int64_t rows) : lines(n / kLine), chunk(rows <= 2 ? 8 : 4), chunks((lines + chunk - 1) / chunk) {}
+    explicit Split(int64_t n) : lines(n / kLine), chunk(kLinesPerBlock), chunks((lines + chunk - 1) / chunk) {}
     int64_t first(int t, int threads) const { return inferd_pool::first_owned(chunks, t, threads); }
 };
 
@@ -158,7 +154,7 @@ struct LinesJob {
     inferd_pool::OwnedChunks owned;
 
     LinesJob(const Problem* pb, int64_t rows, Weight next, int threads)
-        : pb(pb), rows(rows), split(pb->n, rows), next(next), owned(split.chunks, threads) {}
+        : pb(pb), rows(rows), split(pb->n), next(next), owned(split.chunks, threads) {}
 
     INFERD_BF16_TARGET void chunk(int64_t c) const {
         const int64_t u0 = c * split.chunk, u1 = u0 + split.chunk < split.lines ? u0 + split.chunk : split.lines;
@@ -170,7 +166,7 @@ struct LinesJob {
         if (t >= threads) return;
         owned.work(t, [&](int64_t c) { chunk(c); });
         if (next.bytes != 0 && t > 0) {
-            const Split s(next.n, rows);
+            const Split s(next.n);
             const int64_t b0 = s.first(t, threads) * s.chunk / kLinesPerBlock;
             const int64_t b1 = std::min(s.first(t + 1, threads) * s.chunk / kLinesPerBlock, next.n / kBlock);
             const int64_t bytes = (b1 - b0) * next.block_bytes();
