@@ -3,12 +3,10 @@
 //
 // At a few rows a linear layer mostly streams its weight. oneDNN does that
 // well, but every call pays ~5 us of primitive lookup, descriptors and tensor
-// set-up, and it hands out outputs in blocks of 64, which leaves one of two
-// threads idle for a ninth of a 576-wide product. This kernel reads the very
-// bytes oneDNN packed (its BA16a64b2a layout: per block of 64 outputs, every
-// input pair in order, 64 outputs x 2 inputs per 256 bytes), so it costs no
-// second copy of the weights, and splits the outputs over the threads in
-// 16-wide slices (one 64-byte line of each 256-byte row).
+// set-up. This kernel reads the very bytes oneDNN packed (its BA16a64b2a
+// layout: per block of 64 outputs, every input pair in order, 64 outputs x 2
+// inputs per 256 bytes), so it costs no second copy of the weights, and works
+// on the outputs in 16-wide slices (one 64-byte line of each 256-byte row).
 //
 // Each output is summed as oneDNN's bf16 brgemm sums it for two or more rows:
 // VDPBF16PS over the input pairs in order into a fresh f32 accumulator per
@@ -19,7 +17,7 @@
 // (and keeps oneDNN for a shape where no step reproduces it).
 //
 // Inside a decode-pool scope (cpu_pool.h) a product runs on the pool: each
-// thread owns a contiguous run of 64-output blocks, takes chunks of it from
+// thread owns a contiguous run of 64-output blocks, takes them one at a time from
 // the front and then others' from the back, and a worker, once done, streams
 // the start of its run of the next product's weight into its cache. Elsewhere
 // the outputs are split over libtorch's threads. Bits do not depend on which.
@@ -136,12 +134,6 @@ struct Weight {
 // that runs out of work waits at most one block for the other. (Two blocks
 // per item, which gave one row eight accumulators, made that wait twice as
 // long: a one-row step of 121 products took 3-6% longer, head and layers.)
-struct Split {
-    int64_t lines, chunk, chunks;
-    explicit Split(int64_t n) : lines(n / kLine), chunk(kLinesPerBlock), chunks((lines + chunk - 1) / chunk) {}
-    int64_t first(int t, int threads) const { return inferd_pool::first_owned(chunks, t, threads); }
-};
-
 thread_local inferd_pool::Successors<Weight> successors;
 
 // One product split over the pool (owned_chunks.h); a worker, once done,
@@ -149,26 +141,19 @@ thread_local inferd_pool::Successors<Weight> successors;
 struct LinesJob {
     const Problem* pb;
     int64_t rows;
-    Split split;
     Weight next;
-    inferd_pool::OwnedChunks owned;
+    inferd_pool::OwnedChunks owned;  // of blocks (n is a multiple of kBlock)
 
     LinesJob(const Problem* pb, int64_t rows, Weight next, int threads)
-        : pb(pb), rows(rows), split(pb->n), next(next), owned(split.chunks, threads) {}
-
-    INFERD_BF16_TARGET void chunk(int64_t c) const {
-        const int64_t u0 = c * split.chunk, u1 = u0 + split.chunk < split.lines ? u0 + split.chunk : split.lines;
-        run_lines(*pb, rows, u0, u1);
-    }
+        : pb(pb), rows(rows), next(next), owned(pb->n / kBlock, threads) {}
 
     void operator()(int t, int /*running*/) {
         const int threads = owned.threads();
         if (t >= threads) return;
-        owned.work(t, [&](int64_t c) { chunk(c); });
+        owned.work(t, [&](int64_t b) { run_lines(*pb, rows, b * kLinesPerBlock, (b + 1) * kLinesPerBlock); });
         if (next.bytes != 0 && t > 0) {
-            const Split s(next.n);
-            const int64_t b0 = s.first(t, threads) * s.chunk / kLinesPerBlock;
-            const int64_t b1 = std::min(s.first(t + 1, threads) * s.chunk / kLinesPerBlock, next.n / kBlock);
+            const int64_t b0 = inferd_pool::first_owned(next.n / kBlock, t, threads);
+            const int64_t b1 = inferd_pool::first_owned(next.n / kBlock, t + 1, threads);
             const int64_t bytes = (b1 - b0) * next.block_bytes();
             const char* begin = reinterpret_cast<const char*>(next.bytes) + b0 * next.block_bytes();
             inferd_pool::prefetch_after(begin, begin + (bytes < inferd_pool::kPrefetchBytes ? bytes : inferd_pool::kPrefetchBytes));
