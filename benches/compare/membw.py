@@ -3,7 +3,8 @@
 Memory bandwidth is measured on a 512 MiB array (far beyond any cache): copy
 (numpy; bytes read + bytes written per second), read (numpy's max-reduce,
 torch's sum) and a native AVX-512 read loop (`membw.c`, compiled here with
-gcc; 1, 2, 4 and 8 interleaved streams per thread, the best kept), each with
+gcc, on huge pages; 1, 2, 4 and 8 interleaved streams per thread, and one
+stream with a non-temporal prefetch ahead, the best kept), each with
 1 thread and with one thread per core. numpy and torch alone can understate
 what two cores stream (45 and 49 GB/s where the native loop read 86 in the
 same sample), so the native loop is the figure that matters; the highest
@@ -91,7 +92,7 @@ def bandwidth(size_mib=512):
 
 def native(size_mib, cores, thread_counts=None):
     """`membw.c`'s read loop, with 1 thread and with one per core (or the
-    given thread counts), best over its stream counts; empty when there is
+    given thread counts), best over its ways of reading; empty when there is
     no gcc to build it."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if not cc:
@@ -107,8 +108,11 @@ def native(size_mib, cores, thread_counts=None):
         out = {}
         for threads in thread_counts or sorted({1, cores}):
             best = 0.0
-            for streams in (1, 2, 4, 8):
-                r = subprocess.run([exe, str(threads), str(size_mib), str(streams)], capture_output=True, text=True)
+            # Plain loads over 1-8 interleaved streams, and one stream with a
+            # non-temporal software prefetch 8 KiB ahead (what gemv_bf16's
+            # one-pass tiles do): whichever this machine streams fastest.
+            for streams, ahead in ((1, 0), (2, 0), (4, 0), (8, 0), (1, 8192)):
+                r = subprocess.run([exe, str(threads), str(size_mib), str(streams), str(ahead)], capture_output=True, text=True)
                 if r.returncode == 0:
                     best = max(best, float(r.stdout.strip()))
             if best:

@@ -55,9 +55,23 @@ struct Problem {
     int64_t step_pairs;  // input pairs per fresh accumulator
 };
 
+// How far ahead a one-pass tile asks for the weight: 32 input pairs, 8 KiB
+// of the block's stream (or the next block's, which follows it).
+constexpr int64_t kAheadPairs = 32;
+
 // R rows against G lines; line g starts at `line[g]` (its next input pair is
 // kLinesPerBlock lines further) and fills outputs `out[g]`..+16 of each row.
-template <int R, int G>
+//
+// OnePass: these rows are all the rows, so no later pass reads these lines
+// again, and the tile prefetches the weight kAheadPairs ahead with the
+// non-temporal hint. The hardware prefetchers alone leave one sequential
+// stream per thread short of the memory's rate, and a temporal prefetch
+// that far ahead fills L2 (and Zen's L3, a victim cache of L2) with lines
+// never read twice. One-row steps took 5-10% less time with it (3-row 6%,
+// 4-row 2%), 32 pairs ahead against none, 16, 24, 48, 64 and 128 pairs, and
+// the temporal hint at 16 and 32 pairs. With more rows a later pass re-reads
+// the block's lines from L2, which the hint would have kept them out of.
+template <int R, int G, bool OnePass>
 INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512i* const* line, const int64_t* out) {
     __m512 total[R][G];
     for (int r = 0; r < R; ++r)
@@ -68,6 +82,11 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512
         for (int r = 0; r < R; ++r)
             for (int g = 0; g < G; ++g) acc[r][g] = _mm512_setzero_ps();
         for (int64_t p = p0; p < p1; ++p) {
+            if constexpr (OnePass) {
+                // A hint: an address past the weight's end faults on nothing.
+                const uintptr_t ahead = reinterpret_cast<uintptr_t>(line[0]) + (p + kAheadPairs) * kLinesPerBlock * 64;
+                for (int g = 0; g < G; ++g) _mm_prefetch(reinterpret_cast<const char*>(ahead + 64 * g), _MM_HINT_NTA);
+            }
             __m512bh wv[G];
             for (int g = 0; g < G; ++g) wv[g] = (__m512bh)_mm512_loadu_si512(line[g] + p * kLinesPerBlock);
             for (int r = 0; r < R; ++r) {
@@ -90,11 +109,18 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, const __m512
 
 template <int G>
 INFERD_BF16_TARGET void rows_of(const Problem& pb, int64_t rows, const __m512i* const* line, const int64_t* out) {
+    switch (rows) {
+        case 1: return tile<1, G, true>(pb, 0, line, out);
+        case 2: return tile<2, G, true>(pb, 0, line, out);
+        case 3: return tile<3, G, true>(pb, 0, line, out);
+        case 4: return tile<4, G, true>(pb, 0, line, out);
+        default: break;
+    }
     int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) tile<4, G>(pb, r, line, out);
-    if (rows - r == 3) return tile<3, G>(pb, r, line, out);
-    for (; r + 2 <= rows; r += 2) tile<2, G>(pb, r, line, out);
-    if (r < rows) tile<1, G>(pb, r, line, out);
+    for (; r + 4 <= rows; r += 4) tile<4, G, false>(pb, r, line, out);
+    if (rows - r == 3) return tile<3, G, false>(pb, r, line, out);
+    for (; r + 2 <= rows; r += 2) tile<2, G, false>(pb, r, line, out);
+    if (r < rows) tile<1, G, false>(pb, r, line, out);
 }
 
 // Lines [u0, u1) (line u: outputs 16u..16u+15) for every row, four lines
