@@ -2,7 +2,7 @@
 
 Memory bandwidth is measured on a 512 MiB array (far beyond any cache): copy
 (numpy; bytes read + bytes written per second), read (numpy's max-reduce,
-torch's sum) and a native AVX-512 read loop (`membw.c`, compiled here with
+torch's sum) and a native vector read loop (`membw.c`, compiled here with
 gcc, on huge pages; 1, 2, 4 and 8 interleaved streams per thread, and one
 stream with a non-temporal prefetch ahead, the best kept), each with
 1 thread and with one thread per core. numpy and torch alone can understate
