@@ -55,7 +55,9 @@ pub struct Linear {
 /// [in, out] weight, 3-6x faster than the transposed-B GEMM for the 4-48 row
 /// batches that decode steps make (576x1536 at 16 rows, torch 2.11, 2
 /// threads: 143 us vs 815 us), and MKL gives the same bits for a row whatever
-/// the batch, which keeps f32 greedy outputs batch-invariant. In bf16 and f16
+/// the batch, which keeps f32 greedy outputs batch-invariant; on x86 CPUs
+/// without AVX-512 MKL takes a generic path that is neither, and f32 is
+/// packed for oneDNN as below (see `mkl_lacks_its_fast_path`). In bf16 and f16
 /// the GEMM is oneDNN's, which re-lays a plain weight out on every call;
 /// packing it once is 1.4-2.5x faster (see `packed_linear`) and still gives
 /// the same bits per row whatever the batch; in bf16 with AVX512_BF16 the
@@ -67,7 +69,7 @@ enum WeightForm {
     /// transposed view of W [out, in] as loaded (CUDA, and CPU bf16/f16
     /// where oneDNN cannot pack).
     Mm(Tensor),
-    /// oneDNN's blocked layout, CPU bf16/f16.
+    /// oneDNN's blocked layout, CPU bf16/f16 (and f32 without AVX-512).
     Packed(PackedWeight),
     /// A GGUF file's quantized blocks, multiplied by `gemv_gguf`'s kernel
     /// at every row count (CPU bf16 with `gguf_blocks`).
@@ -200,8 +202,35 @@ impl WeightForm {
                 }
                 Ok(WeightForm::Mm(w.f_contiguous()?.f_transpose(0, 1)?))
             }
+            Kind::Float if mkl_lacks_its_fast_path() && packed_linear::available() => match packed_linear::pack(w, PACK_ROWS) {
+                Ok(p) => Ok(WeightForm::Packed(p)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "f32 linear weight left unpacked");
+                    Ok(WeightForm::Mm(w.f_transpose(0, 1)?.f_contiguous()?))
+                }
+            },
             _ => Ok(WeightForm::Mm(w.f_transpose(0, 1)?.f_contiguous()?)),
         }
+    }
+}
+
+/// Whether this is an x86 CPU without AVX-512, where MKL's f32 GEMM takes its
+/// generic path: on an AVX2-only Zen 3 (torch 2.11, 2 threads) it copied the
+/// whole weight on every decode-sized call (`mkl_blas_def_sgemm_scopy_down16_bdz`
+/// 41% of a served step's samples), and one SmolLM2 layer plus the LM head
+/// took 46.4 ms at 4 rows and 54.9 ms at 16 against 15.8 and 21.8 ms with
+/// oneDNN's packed weight (1 row 8.1 against 7.4; 512 rows, one layer, 46.0
+/// against 39.6). There MKL is not batch-invariant either (a row's bits
+/// changed from 4 rows up), so packing costs no guarantee; on CPUs with
+/// AVX-512, where MKL kept a row's bits whatever the batch, f32 stays on it.
+fn mkl_lacks_its_fast_path() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -68,10 +68,13 @@ at::Tensor* inferd_pack_linear_weight(const at::Tensor* w, int64_t batch) {
 // for two or more (seen at in = 1536 on Zen 4: 6 of 3200 rows differed in
 // a bf16 bit), and a sequence's logits must not depend on how many others
 // share its step. Reading the weights dominates a one-row product, so the
-// second row costs about nothing.
+// second row costs about nothing. Not for f32, packed only on CPUs without
+// AVX-512 (layers.rs): there oneDNN's f32 rows are not batch-invariant at any
+// row count, and its one-row kernel streams the weights much faster than its
+// two-row one (all SmolLM2 products at one row, Zen 3: 39 ms against 63).
 at::Tensor* inferd_packed_linear(const at::Tensor* x, const at::Tensor* w, const at::Tensor* bias) {
     return inferd_shim::new_tensor([&] {
-        const bool one_row = x->dim() == 2 && x->size(0) == 1 && x->is_contiguous();
+        const bool one_row = x->dim() == 2 && x->size(0) == 1 && x->is_contiguous() && x->scalar_type() != at::kFloat;
         torch::jit::Stack stack;
         if (one_row) {
             // Two plain copies of the row: cheaper than expand + contiguous.

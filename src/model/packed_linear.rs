@@ -211,6 +211,30 @@ mod tests {
     }
 
     #[test]
+    fn f32_packed_matches_the_dense_product_at_every_row_count() {
+        // Packed f32 serves CPUs without AVX-512 (layers.rs); one row takes
+        // oneDNN's one-row kernel unpadded, so check it and batches alike.
+        tch::manual_seed(5);
+        let (out_dim, in_dim) = (96, 1536);
+        let w = rand(&[out_dim, in_dim], Kind::Float) * 0.05;
+        let bias = rand(&[out_dim], Kind::Float);
+        let p = match pack(&w, 16) {
+            Ok(p) => p,
+            Err(e) => panic!("f32 does not pack: {e}"),
+        };
+        let x = rand(&[64, in_dim], Kind::Float);
+        for rows in [1, 2, 3, 64] {
+            let xs = x.narrow(0, 0, rows);
+            let got = linear(&xs, &p, Some(&bias)).unwrap();
+            assert_eq!(got.size(), [rows, out_dim]);
+            assert_eq!(got.kind(), Kind::Float);
+            let dense = xs.to_kind(Kind::Double).mm(&w.to_kind(Kind::Double).tr()) + bias.to_kind(Kind::Double);
+            let err = (got.to_kind(Kind::Double) - &dense).abs().max().double_value(&[]);
+            assert!(err <= 1e-4, "{rows} rows: max error {err} against the f64 product");
+        }
+    }
+
+    #[test]
     fn one_row_alone_gives_the_bits_it_gives_in_a_batch_at_a_long_reduction() {
         // SmolLM2's down projection (in = 1536): oneDNN's one-row kernel sums
         // in another order, which without the shim's two-row padding changed
