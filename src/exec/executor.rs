@@ -27,7 +27,7 @@ use tch::{Device, Kind, TchError, Tensor};
 use crate::generate::eos_ids;
 use crate::model::loader::{LoadError, QuantRows, WeightSource};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{parallel_for, source, KvCache, LogitsFor, Model, Placement, SeqInput};
+use crate::model::{gemv_bf16, parallel_for, source, KvCache, LogitsFor, Model, Placement, SeqInput};
 
 /// Substrings of libtorch messages after which a CUDA context cannot be
 /// trusted any more (errors are sticky there: every later call fails too).
@@ -153,14 +153,14 @@ impl TchExecutor {
 
     fn load_replica(&self, spec: &ModelSpec) -> Result<(Replica, ReplicaInfo), ExecError> {
         let kind = parse_dtype(&spec.dtype)?;
-        if self.device == Device::Cpu && kind != Kind::Float && x86_without_native_bf16() {
+        if self.device == Device::Cpu && kind != Kind::Float && cfg!(target_arch = "x86_64") && !gemv_bf16::available() {
             // Without AVX512_BF16 none of the row kernels run and prefill
             // and batched steps take libtorch's reference paths: on an
             // AVX2-only Zen 3, bf16 against f32 took 5.6 s against 1.0 s
             // to a first token at 4 streams of 128-token prompts and made
             // 16.9 against 64.9 tok/s at 16 streams (one stream alone
             // decoded 2x faster, reading half the bytes).
-            tracing::warn!(model = %spec.name, version = %spec.version, dtype = %spec.dtype, "dtype: this CPU has no AVX512_BF16, so bf16/f16 prefill and batched steps run on libtorch's slow reference paths; under load dtype = \"f32\" is several times faster here");
+            tracing::warn!(model = %spec.name, version = %spec.version, dtype = %spec.dtype, "dtype: no AVX512_BF16 here, so the bf16 row kernels are off and bf16/f16 prefill and batched steps run on libtorch's slow reference paths; under load dtype = \"f32\" is several times faster here");
         }
         let at = Placement {
             device: self.device,
@@ -469,20 +469,6 @@ fn parse_dtype(s: &str) -> Result<Kind, ExecError> {
         other => Err(ExecError::new(format!(
             "dtype: expected f32, bf16 or f16, got {other:?}"
         ))),
-    }
-}
-
-/// Whether this is an x86 CPU without AVX512_BF16, which every bf16 row
-/// kernel and the GGUF-block kernel need (other architectures: not known, so
-/// false).
-fn x86_without_native_bf16() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        !std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
