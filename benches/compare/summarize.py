@@ -14,14 +14,15 @@ import os
 import re
 import sys
 
-PEERS = ["inferd", "inferd-gguf", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
+PEERS = ["inferd", "inferd-gguf", "inferd-amx", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
 # inferd's own configurations; every other peer is compared against each.
-OURS = ["inferd", "inferd-gguf"]
+OURS = ["inferd", "inferd-gguf", "inferd-amx"]
 PREFIX_PEERS = ["inferd", "inferd-nocache", "llama-server"]
 DESCR = {
     "inferd": "inferd serve",
     "inferd-nocache": "inferd serve, prefix_caching = false",
     "inferd-gguf": "inferd serve, dtype bf16, quantization = \"gguf\" (the file's Q4_1/Q8_0 blocks multiplied as they are)",
+    "inferd-amx": "inferd serve with ONEDNN_MAX_CPU_ISA=ALL (oneDNN's AMX kernels; bf16 greedy outputs not batch-invariant)",
     "llama-server": "llama.cpp llama-server -np N -cb",
     "llama-cpp-python": "llama-cpp-python[server] (one request at a time)",
     "tf-serve": "transformers serve",
