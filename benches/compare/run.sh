@@ -124,6 +124,7 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 # kill it and its children), output to LOG.
 start_server() {
   local logf=$1; shift
+  : > "$logf"   # exists before anyone greps it
   setsid "$@" > "$logf" 2>&1 < /dev/null &
   SRV_PID=$!
 }
@@ -142,6 +143,13 @@ wait_ready() {
   done
   log "ready in $((SECONDS - t0)) s ($url)"
 }
+
+# ggml's AMX matmul (llama.cpp's extra buffer type on CPUs with AMX)
+# segfaulted on this GGUF on a 2-vCPU AMX Xeon (2026-12-01, gdb: in
+# ggml_backend_amx_mul_mat, at the first batch), in llama-server and in
+# llama-cpp-python alike; without extra buffer types both serve it.
+LLAMA_NO_AMX=()
+grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && LLAMA_NO_AMX=(--no-repack)
 
 # Per-peer start: sets BASE, MODEL and BENCH_EXTRA. $1 = peer, $2 = parallel
 # requests the server must hold (slots), $3 = tokens per request (prompt + output).
@@ -185,7 +193,7 @@ start_peer() {
       # -c is shared by the slots: each gets -c / -np positions.
       local ctx=$(( slots * (per_req + 64) ))
       start_server "$logf" "$LLAMA_SERVER" -m "$GGUF" -c "$ctx" -np "$slots" -cb \
-        -t "$THREADS" -tb "$THREADS" --host 127.0.0.1 --port "$port"
+        -t "$THREADS" -tb "$THREADS" --host 127.0.0.1 --port "$port" "${LLAMA_NO_AMX[@]}"
       BASE="http://127.0.0.1:$port"; MODEL=smollm2
       # it drops reused keep-alive connections under load
       BENCH_EXTRA=(--one-connection-per-request)
@@ -193,6 +201,7 @@ start_peer() {
     llama-cpp-python)
       port=$(free_port)
       # lcp_serve.py = llama_cpp.server with EOS ignored (it has no ignore_eos field)
+      LCP_NO_EXTRA_BUFTS=$(( ${#LLAMA_NO_AMX[@]} > 0 )) \
       start_server "$logf" "$LCP_VENV/bin/python" "$ROOT/benches/compare/lcp_serve.py" --model "$GGUF" \
         --model_alias smollm2 --n_threads "$THREADS" --n_threads_batch "$THREADS" \
         --n_ctx $(( per_req + 64 > 2048 ? per_req + 64 : 2048 )) \
