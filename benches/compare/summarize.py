@@ -292,8 +292,10 @@ def main():
                 ok = min(qs) >= want if want > 1 else min(qs) > 1
                 checks.append((f"{ours} tok/s {label} (every level)", ", ".join(f"c={c}: {q:.1f}x" for c, q in zip(common, qs)), ok))
         # The weight format's bound: bf16/f32 for `inferd`, the file's own
-        # blocks (the "q4_1" bound: the GGUF's stored bytes) for `inferd-gguf`.
-        dtype = machine.get("inferd_dtype", "f32") if ours == "inferd" else "gguf"
+        # blocks (the "q4_1" bound: the GGUF's stored bytes) for `inferd-gguf`;
+        # `inferd-amx` serves the same dtype as `inferd`.
+        same_dtype = ours in ("inferd", "inferd-amx")
+        dtype = machine.get("inferd_dtype", "f32") if same_dtype else "gguf"
         key = {"f32": "f32", "bf16": "bf16", "gguf": "q4_1"}.get(dtype)
         if 1 in inf and key and bound.get(key):
             r = inf[1]
@@ -304,7 +306,7 @@ def main():
             # one is the strictest reading, not the only one.
             samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
             gbs = [best_gbs(b) for b in samples if b]
-            nbytes = inferd_weight_bytes(machine) if ours == "inferd" else machine.get("weights", {}).get("gguf_bytes")
+            nbytes = inferd_weight_bytes(machine) if same_dtype else machine.get("weights", {}).get("gguf_bytes")
             fracs = [decode * nbytes / (g * 1e9) for g in gbs] if decode and nbytes else []
             spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
                       + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""

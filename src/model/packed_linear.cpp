@@ -25,11 +25,11 @@ namespace {
 // oneDNN's bf16 kernels on a CPU with AMX (Sapphire Rapids onwards) pack the
 // weight as AB16b32a2b and sum a row's products in an order that depends on
 // how many rows share the call (SmolLM2's shapes in torch 2.11 on a 2-vCPU
-// AMX Xeon: a few outputs of 576x1536 differ between 1, 16 and 300 rows),
+// AMX Xeon: a few outputs of 576x1536 differ between 3, 16, 64 and 300 rows),
 // so a sequence's greedy tokens would depend on its batch, and no row kernel
 // (gemv_bf16.cpp) can match every row count. Capped at AVX512_CORE_BF16,
 // oneDNN packs BA16a64b2a and sums as on Zen 4: batch-invariant, and the row
-// kernels apply. The price is prefill: AMX multiplied 512-row chunks 5-6x
+// kernels apply. The price is prefill: AMX multiplied 512-row chunks 4-7x
 // faster there. An operator who prefers that sets ONEDNN_MAX_CPU_ISA
 // (e.g. ALL) before starting inferd; it is never overwritten. Set before
 // main: oneDNN reads the variable once, at its first ISA query, and nothing
