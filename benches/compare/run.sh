@@ -249,7 +249,7 @@ warmup() {
 log "machine + memory bandwidth"
 "$CACHE/venv/bin/python" benches/compare/membw.py --gguf "$GGUF" --out "$out/machine.json" \
   --set "inferd_dtype=$INFERD_DTYPE" "tf_dtype=$TF_DTYPE" "inferd_commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src actors Cargo.toml Cargo.lock 2>/dev/null || echo -dirty)" \
-  "llama_cpp_python=$LLAMA_CPP_PYTHON_VERSION" "threads=$THREADS" "smoke=$smoke" "run_id=$RUN_ID" \
+  "llama_cpp_python=$LLAMA_CPP_PYTHON_VERSION" "threads=$THREADS" "llama_cpp_extra_args=${LLAMA_NO_AMX[*]:-none}" "smoke=$smoke" "run_id=$RUN_ID" \
   "llama_server_version=$( [[ -x $LLAMA_SERVER ]] && "$LLAMA_SERVER" --version 2>&1 | grep -m1 -i '^version' | sed 's/^version: //' || echo -)" \
   "transformers=$("$CACHE/venv/bin/python" -c 'import transformers;print(transformers.__version__)')" \
   "torch=$("$CACHE/venv/bin/python" -c 'import torch;print(torch.__version__)' 2>/dev/null)"
