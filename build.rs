@@ -12,6 +12,8 @@
 //! `cfg(inferd_torch_shim)` when it did: `src/model/packed_linear.cpp`
 //! (libtorch's oneDNN packed-linear ops, which tch has no binding for),
 //! `src/model/gemv_bf16.cpp` (decode-row bf16 products on those packed bytes),
+//! `src/model/amx_bf16.cpp` (bf16 products on AMX tiles at every row count,
+//! on the same bytes),
 //! `src/model/gemv_gguf.cpp` (products on a GGUF file's own Q4/Q8_0 blocks),
 //! `src/model/cpu_pool.cpp` (the decode steps' own worker threads),
 //! `src/model/fused_cpu.cpp` (fused CPU loops for a layer's element-wise
@@ -52,8 +54,9 @@ fn main() {
 
 /// Build the C++ shims against libtorch's headers.
 fn compile_shims(torch: &Path) {
-    const SRCS: [&str; 11] = [
+    const SRCS: [&str; 12] = [
         "src/model/packed_linear.cpp",
+        "src/model/amx_bf16.cpp",
         "src/model/cpu_pool.cpp",
         "src/model/gemv_bf16.cpp",
         "src/model/gemv_gguf.cpp",

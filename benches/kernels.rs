@@ -14,7 +14,9 @@
 //!   against SDPA over the gathered blocks with an offset causal mask;
 //! - the decode-row bf16 product (`gemv_bf16`) against oneDNN's call on the
 //!   same packed weight, for the gate/up projection (3072x576) at 1, 4, 16 and
-//!   64 rows (weights in cache: this is the per-call cost, not bandwidth);
+//!   64 rows (weights in cache: this is the per-call cost, not bandwidth),
+//!   and on CPUs with AMX the AMX kernel (`amx_bf16`) beside them, also at a
+//!   prefill chunk's 512 rows;
 //! - `weight_stream`: one row through every product of a SmolLM2 decode step
 //!   (30 layers' qkv, o, gate/up and down, then the 49152-row LM head: 269 MB
 //!   of bf16, far beyond any cache) back to back on the decode pool, with
@@ -26,7 +28,9 @@
 //! - `layer_stream`: the 30 layers' products (212 MB in bf16) back to back
 //!   at 1, 8 and 32 rows, bf16 (`gemv_bf16`) against the same shapes kept as
 //!   GGUF Q4_1 blocks (`gemv_gguf`, 66 MB): what `quantization = "gguf"` buys
-//!   at each batch size with nothing else in the step.
+//!   at each batch size with nothing else in the step. On CPUs with AMX,
+//!   `bf16` is the AMX kernel and `bf16_avx512` the AVX-512 row kernel up to
+//!   64 rows and oneDNN beyond, what `INFERD_AMX=off` serves.
 //!
 //! `cargo bench --bench kernels`. Where the shim is not built (no libtorch
 //! headers) the fused rows are skipped.
@@ -181,16 +185,20 @@ fn decode_rows(c: &mut Criterion) {
         eprintln!("oneDNN cannot pack bf16 on this CPU: nothing to compare");
         return;
     };
-    let kernel = gemv_bf16::for_packed(&packed, n, k).expect("probe");
+    let kernel = gemv_bf16::blocked_for_packed(&packed, n, k).expect("probe");
+    let amx = gemv_bf16::for_packed(&packed, n, k).expect("probe").filter(|k| k.sums() == gemv_bf16::Sums::Amx);
     let mut group = c.benchmark_group("linear_bf16_3072x576");
     group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
-    for rows in [1i64, 4, 16, 64] {
+    for rows in [1i64, 4, 16, 64, 512] {
         let x = bf16(&[rows, k]);
         group.bench_with_input(BenchmarkId::new("onednn", rows), &rows, |b, _| {
             b.iter(|| packed_linear::linear_onednn(&x, &packed, None).expect("onednn"))
         });
-        if let Some(kernel) = &kernel {
+        if let Some(kernel) = kernel.as_ref().filter(|_| rows <= gemv_bf16::MAX_ROWS) {
             group.bench_with_input(BenchmarkId::new("row_kernel", rows), &rows, |b, _| b.iter(|| gemv_bf16::forward(&x, kernel).expect("kernel")));
+        }
+        if let Some(amx) = &amx {
+            group.bench_with_input(BenchmarkId::new("amx", rows), &rows, |b, _| b.iter(|| gemv_bf16::forward(&x, amx).expect("amx")));
         }
     }
     group.finish();
@@ -256,13 +264,17 @@ fn layer_stream(c: &mut Criterion) {
         shapes.extend([(HIDDEN + 2 * KV_HEADS * HEAD_DIM, HIDDEN), (HIDDEN, HIDDEN), (2 * intermediate, HIDDEN), (HIDDEN, intermediate)]);
     }
     let mut bf16_w = Vec::new();
+    let mut avx512_w = Vec::new();
     let mut q4_w = Vec::new();
     for (i, &(n, k)) in shapes.iter().enumerate() {
         let rows = random_q4_1(n, k, i as u64 + 1);
         q4_w.push(GgufWeight::pack(&rows).expect("pack").expect("shape packs"));
         let dense = rows.dequantize().expect("dequantize").to_kind(Kind::BFloat16);
+        let packed = packed_linear::pack_onednn(&dense, 16).expect("oneDNN packs bf16 here");
+        avx512_w.push((gemv_bf16::blocked_for_packed(&packed, n, k).expect("probe"), packed));
         bf16_w.push(packed_linear::pack(&dense, 16).expect("oneDNN packs bf16 here"));
     }
+    let amx = inferd::model::amx_bf16::wanted();
     let mut group = c.benchmark_group("layer_stream");
     group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
     for rows in [1i64, 8, 32, 512] {
@@ -276,6 +288,20 @@ fn layer_stream(c: &mut Criterion) {
                 }
             })
         });
+        if amx {
+            group.bench_function(BenchmarkId::new("bf16_avx512", rows), |b| {
+                b.iter(|| {
+                    let _pool = PoolScope::enter();
+                    for ((kernel, packed), x) in avx512_w.iter().zip(&xs) {
+                        let _y = match kernel {
+                            Some(kernel) if rows <= gemv_bf16::MAX_ROWS => gemv_bf16::forward(x, kernel),
+                            _ => packed_linear::linear_onednn(x, packed, None),
+                        }
+                        .expect("product");
+                    }
+                })
+            });
+        }
         group.bench_function(BenchmarkId::new("q4_1", rows), |b| {
             b.iter(|| {
                 let _pool = PoolScope::enter();

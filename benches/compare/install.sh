@@ -124,7 +124,7 @@ install_peer() {
     llama-server) install_llama_server ;;
     llama-cpp-python) install_llama_cpp_python ;;
     tf-serve|tf-serve-cb) install_tf_serve ;;
-    inferd|inferd-nocache|inferd-gguf|inferd-amx) ;;
+    inferd|inferd-nocache|inferd-gguf|inferd-amx|inferd-avx512) ;;
     *) echo "unknown peer: $1" >&2; return 2 ;;
   esac
 }

@@ -15,8 +15,11 @@
 #   inferd-gguf       inferd serve, dtype bf16, quantization = "gguf": the file's
 #                     Q4_1/Q8_0 blocks multiplied as they are (sweep only; AVX512_BF16)
 #   inferd-amx        inferd serve with ONEDNN_MAX_CPU_ISA=ALL: on a CPU with AMX,
-#                     oneDNN's AMX kernels (fast prefill, greedy outputs no longer
-#                     batch-invariant; see README) instead of the row kernels (sweep only)
+#                     oneDNN's AMX kernels (greedy outputs no longer batch-invariant;
+#                     see README) instead of inferd's own (sweep only)
+#   inferd-avx512     inferd serve with INFERD_AMX=off: on a CPU with AMX, the
+#                     AVX-512 row kernels and oneDNN capped below AMX, as before
+#                     inferd had its own AMX kernel (sweep only)
 #   llama-server      llama.cpp's server, -np <concurrency> -cb, one server per level
 #   llama-cpp-python  python -m llama_cpp.server (one request at a time)
 #   tf-serve          transformers serve
@@ -56,7 +59,7 @@ INFERD_KV_MB="${INFERD_KV_MB:-1024}"
 TF_DTYPE="${TF_DTYPE:-float32}"
 THREADS="${THREADS:-2}"
 READY_TIMEOUT="${READY_TIMEOUT:-600}"           # seconds for a server to load
-ALL_PEERS=(inferd inferd-gguf inferd-amx inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
+ALL_PEERS=(inferd inferd-gguf inferd-amx inferd-avx512 inferd-nocache llama-server llama-cpp-python tf-serve tf-serve-cb)
 
 smoke=0 install_only=0 build=1 levels="" workloads="sweep,prefix,pairs" out="" peers=() num_requests="" serial_max=""
 PAIRS="${PAIRS:-8}"
@@ -157,7 +160,7 @@ start_peer() {
   local peer=$1 slots=$2 per_req=$3 logf="$LOGS/$1-$4.log" port
   BENCH_EXTRA=()
   case "$peer" in
-    inferd|inferd-nocache|inferd-gguf|inferd-amx)
+    inferd|inferd-nocache|inferd-gguf|inferd-amx|inferd-avx512)
       local cfg="$TMP/inferd-$peer.toml" pc=true dtype=$INFERD_DTYPE quant=none
       [[ $peer == inferd-nocache ]] && pc=false
       [[ $peer == inferd-gguf ]] && dtype=bf16 quant=gguf
@@ -176,6 +179,8 @@ start_peer() {
       done
       if [[ $peer == inferd-amx ]]; then
         ONEDNN_MAX_CPU_ISA=ALL start_server "$logf" "$INFERD" serve --config "$cfg"
+      elif [[ $peer == inferd-avx512 ]]; then
+        INFERD_AMX=off start_server "$logf" "$INFERD" serve --config "$cfg"
       else
         start_server "$logf" "$INFERD" serve --config "$cfg"
       fi

@@ -14,15 +14,16 @@ import os
 import re
 import sys
 
-PEERS = ["inferd", "inferd-gguf", "inferd-amx", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
+PEERS = ["inferd", "inferd-gguf", "inferd-amx", "inferd-avx512", "llama-server", "llama-cpp-python", "tf-serve", "tf-serve-cb"]
 # inferd's own configurations; every other peer is compared against each.
-OURS = ["inferd", "inferd-gguf", "inferd-amx"]
+OURS = ["inferd", "inferd-gguf", "inferd-amx", "inferd-avx512"]
 PREFIX_PEERS = ["inferd", "inferd-nocache", "llama-server"]
 DESCR = {
     "inferd": "inferd serve",
     "inferd-nocache": "inferd serve, prefix_caching = false",
     "inferd-gguf": "inferd serve, dtype bf16, quantization = \"gguf\" (the file's Q4_1/Q8_0 blocks multiplied as they are)",
     "inferd-amx": "inferd serve with ONEDNN_MAX_CPU_ISA=ALL (oneDNN's AMX kernels; bf16 greedy outputs not batch-invariant)",
+    "inferd-avx512": "inferd serve with INFERD_AMX=off (AVX-512 row kernels, oneDNN capped below AMX)",
     "llama-server": "llama.cpp llama-server -np N -cb",
     "llama-cpp-python": "llama-cpp-python[server] (one request at a time)",
     "tf-serve": "transformers serve",
@@ -293,8 +294,8 @@ def main():
                 checks.append((f"{ours} tok/s {label} (every level)", ", ".join(f"c={c}: {q:.1f}x" for c, q in zip(common, qs)), ok))
         # The weight format's bound: bf16/f32 for `inferd`, the file's own
         # blocks (the "q4_1" bound: the GGUF's stored bytes) for `inferd-gguf`;
-        # `inferd-amx` serves the same dtype as `inferd`.
-        same_dtype = ours in ("inferd", "inferd-amx")
+        # `inferd-amx` and `inferd-avx512` serve the same dtype as `inferd`.
+        same_dtype = ours in ("inferd", "inferd-amx", "inferd-avx512")
         dtype = machine.get("inferd_dtype", "f32") if same_dtype else "gguf"
         key = {"f32": "f32", "bf16": "bf16", "gguf": "q4_1"}.get(dtype)
         if 1 in inf and key and bound.get(key):

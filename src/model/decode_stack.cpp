@@ -28,12 +28,13 @@ using inferd_rows::bf16;
 // A product's weight as its row kernel reads it (decode_stack.rs builds it
 // from the layer's Linear, which keeps the bytes alive).
 struct Product {
-    int64_t kind;  // kBf16Rows (param: inputs per accumulator) or kGguf (param: layout 4 or 8)
+    int64_t kind;  // kBf16Rows (param: inputs per accumulator), kGguf (param: layout 4 or 8) or kBf16Amx
     uintptr_t bytes;
     int64_t n, k, param;
 };
 constexpr int64_t kBf16Rows = 1;
 constexpr int64_t kGguf = 2;
+constexpr int64_t kBf16Amx = 3;
 
 // One layer's weights and K/V pools ([blocks, block size, kv heads, head dim]).
 struct Layer {
@@ -49,12 +50,15 @@ void check_product(const Product& p, int64_t n, int64_t k, const char* what, int
                 ", ", k, "]");
     const bool bf16_rows = p.kind == kBf16Rows && n % 64 == 0 && k % 16 == 0 && p.param > 0 && p.param % 2 == 0;
     const bool gguf = p.kind == kGguf && n % 16 == 0 && k % 32 == 0 && (p.param == 4 || p.param == 8);
-    TORCH_CHECK(bf16_rows || gguf, "decode stack: layer ", layer, "'s ", what, " has no row kernel (kind ", p.kind, ")");
+    const bool amx = p.kind == kBf16Amx && n % 64 == 0 && k % 32 == 0 && inferd_rows::amx_bf16_usable();
+    TORCH_CHECK(bf16_rows || gguf || amx, "decode stack: layer ", layer, "'s ", what, " has no row kernel (kind ", p.kind, ")");
 }
 
 void product(const Product& p, const bf16* x, int64_t rows, bf16* y) {
     if (p.kind == kBf16Rows) {
         inferd_rows::gemv_bf16(x, rows, p.bytes, p.n, p.k, p.param, y);
+    } else if (p.kind == kBf16Amx) {
+        inferd_rows::amx_bf16(x, rows, p.bytes, p.n, p.k, y);
     } else {
         inferd_rows::gemv_gguf(x, rows, reinterpret_cast<const uint8_t*>(p.bytes), p.n, p.k, p.param, y);
     }

@@ -32,16 +32,22 @@ pub struct Product {
     bytes: usize,
     n: i64,
     k: i64,
-    /// bf16 rows: inputs per fresh accumulator; GGUF: the layout (4 or 8).
+    /// bf16 rows: inputs per fresh accumulator; GGUF: the layout (4 or 8);
+    /// bf16 on AMX: unused.
     param: i64,
 }
 
 const BF16_ROWS: i64 = 1;
 const GGUF: i64 = 2;
+const BF16_AMX: i64 = 3;
 
 impl Product {
     pub(crate) fn bf16_rows(bytes: usize, n: i64, k: i64, step: i64) -> Product {
         Product { kind: BF16_ROWS, bytes, n, k, param: step }
+    }
+
+    pub(crate) fn bf16_amx(bytes: usize, n: i64, k: i64) -> Product {
+        Product { kind: BF16_AMX, bytes, n, k, param: 0 }
     }
 
     pub(crate) fn gguf(bytes: usize, n: i64, k: i64, format: i64) -> Product {

@@ -36,7 +36,8 @@ extern "C" {
 /// cache, 2 threads, kernel against oneDNN: 1 row 3.0 vs 10.8 us (576x576),
 /// 17.6 vs 31.8 (3072x576); 16 rows 12.5 vs 18.9, 63.6 vs 71.0; 64 rows 46.8
 /// vs 53.5, 236.5 vs 242.5; 128 and 256 rows within 5% either way. Prefill
-/// chunks (hundreds of rows) stay with oneDNN.
+/// chunks (hundreds of rows) stay with oneDNN. (The AMX kernel, [`Sums::Amx`],
+/// takes every row count.)
 pub const MAX_ROWS: i64 = 64;
 
 /// Whether this build has the kernel and this CPU has AVX512_BF16.
@@ -60,28 +61,81 @@ pub struct RowKernel {
     ptr: usize,
     n: i64,
     k: i64,
-    step: i64,
+    sums: Sums,
+}
+
+/// How a kernel sums a row, which decides the rows it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sums {
+    /// oneDNN's AVX-512 order, a fresh accumulator per `step` inputs (its K
+    /// blocking for the shape): a row gets oneDNN's bits, so the kernel takes
+    /// decode-sized inputs and oneDNN the prefill chunks.
+    Blocked { step: i64 },
+    /// AMX tiles (`amx_bf16`): every row summed alike at any row count, so
+    /// the kernel takes every product and oneDNN none.
+    Amx,
 }
 
 /// The kernel for `packed` (oneDNN's packing of a bf16 [n, k] weight), or None
 /// when it does not apply: no AVX512_BF16, a shape the kernel does not cover,
 /// a layout other than the one it reads, or no blocking that reproduces
-/// oneDNN's bits.
+/// oneDNN's bits. On CPUs with AMX (unless `INFERD_AMX=off`) it is the AMX
+/// kernel.
 pub fn for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, TchError> {
+    if !available() || n % 64 != 0 || k % 16 != 0 {
+        return Ok(None);
+    }
+    let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
+    let kernel = RowKernel { _packed: packed.shallow_clone(), ptr, n, k, sums: Sums::Amx };
+    if super::amx_bf16::wanted() && k % 32 == 0 && super::amx_bf16::reads_as_onednn(packed, &kernel)? {
+        huge_pages(ptr, (n * k * 2) as usize);
+        return Ok(Some(kernel));
+    }
+    blocked_for_packed(packed, n, k)
+}
+
+/// The oneDNN-order kernel for `packed`, on any CPU with AVX512_BF16.
+pub fn blocked_for_packed(packed: &Tensor, n: i64, k: i64) -> Result<Option<RowKernel>, TchError> {
     if !available() || n % 64 != 0 || k % 16 != 0 {
         return Ok(None);
     }
     let Some(ptr) = packed_bytes(packed, n, k)? else { return Ok(None) };
     let Some(step) = matching_step(packed, n, k)? else { return Ok(None) };
     huge_pages(ptr, (n * k * 2) as usize);
-    Ok(Some(RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step }))
+    Ok(Some(RowKernel { _packed: packed.shallow_clone(), ptr, n, k, sums: Sums::Blocked { step } }))
 }
 
 impl RowKernel {
     /// The weight as `decode_stack` hands it to the kernel: the packed
-    /// bytes (alive as long as `self`), n, k and the inputs per accumulator.
+    /// bytes (alive as long as `self`), n, k and how to sum.
     pub(crate) fn stack_product(&self) -> super::decode_stack::Product {
-        super::decode_stack::Product::bf16_rows(self.ptr, self.n, self.k, self.step)
+        match self.sums {
+            Sums::Blocked { step } => super::decode_stack::Product::bf16_rows(self.ptr, self.n, self.k, step),
+            Sums::Amx => super::decode_stack::Product::bf16_amx(self.ptr, self.n, self.k),
+        }
+    }
+
+    pub fn sums(&self) -> Sums {
+        self.sums
+    }
+
+    /// The weight's [n, k].
+    pub fn shape(&self) -> (i64, i64) {
+        (self.n, self.k)
+    }
+
+    /// A kernel over any bytes `keep` holds, for tests of the checks.
+    #[cfg(test)]
+    pub(crate) fn for_test(keep: &Tensor, ptr: usize, n: i64, k: i64, sums: Sums) -> RowKernel {
+        RowKernel { _packed: keep.shallow_clone(), ptr, n, k, sums }
+    }
+
+    /// Rows up to which this kernel takes a product (oneDNN the rest).
+    pub fn max_rows(&self) -> i64 {
+        match self.sums {
+            Sums::Blocked { .. } => MAX_ROWS,
+            Sums::Amx => i64::MAX,
+        }
     }
 }
 
@@ -135,12 +189,16 @@ fn collapse(ptr: usize, len: usize) {
     }
 }
 
-/// `x W^T` for x [rows, k] bf16, rows <= MAX_ROWS for speed (any count works).
+/// `x W^T` for x [rows, k] bf16, rows <= `w.max_rows()` for speed (any count
+/// works).
 pub fn forward(x: &Tensor, w: &RowKernel) -> Result<Tensor, TchError> {
-    // SAFETY: `w.ptr` points at the n*k bf16 values of `w._packed`, which `w`
-    // keeps alive and nothing writes; the shim checks x's shape and dtype and
-    // returns a new owned tensor or null.
-    wrap(unsafe { ffi_gemv(x, w.ptr, w.n, w.k, w.step) })
+    match w.sums {
+        // SAFETY: `w.ptr` points at the n*k bf16 values of `w._packed`, which
+        // `w` keeps alive and nothing writes; the shim checks x's shape and
+        // dtype and returns a new owned tensor or null.
+        Sums::Blocked { step } => wrap(unsafe { ffi_gemv(x, w.ptr, w.n, w.k, step) }),
+        Sums::Amx => super::amx_bf16::forward(x, w.ptr, w.n, w.k),
+    }
 }
 
 /// Inputs per fresh accumulator that make the kernel match oneDNN bit for bit
@@ -183,7 +241,7 @@ fn probe(packed: &Tensor, n: i64, k: i64) -> Result<Option<i64>, TchError> {
             for &m in &rows {
                 let xm = x.f_narrow(0, 0, m)?;
                 let want = super::packed_linear::linear_onednn(&xm, packed, None)?;
-                if !forward(&xm, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step })?.equal(&want) {
+                if !forward(&xm, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, sums: Sums::Blocked { step } })?.equal(&want) {
                     continue 'candidates;
                 }
             }
@@ -220,7 +278,7 @@ fn adversarial(n: i64, k: i64, rows: i64) -> Result<(Tensor, Tensor), TchError> 
 /// The address of the bytes behind a oneDNN-packed bf16 [n, k] tensor, None
 /// without the shim or when they are not n*k values (BA16a64b2a has no
 /// padding at the shapes the kernel takes; other sizes mean another layout).
-fn packed_bytes(packed: &Tensor, n: i64, k: i64) -> Result<Option<usize>, TchError> {
+pub(crate) fn packed_bytes(packed: &Tensor, n: i64, k: i64) -> Result<Option<usize>, TchError> {
     #[cfg(inferd_torch_shim)]
     {
         let (mut ptr, mut nbytes) = (0usize, 0i64);
@@ -248,7 +306,7 @@ unsafe fn ffi_gemv(_: &Tensor, _: usize, _: i64, _: i64, _: i64) -> *mut c_void 
     std::ptr::null_mut()
 }
 
-fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
+pub(crate) fn wrap(ptr: *mut c_void) -> Result<Tensor, TchError> {
     if ptr.is_null() {
         return Err(TchError::Torch(format!("gemv_bf16: {}", super::packed_linear::last_error())));
     }
@@ -269,7 +327,8 @@ mod tests {
         }
         let packed = pack_onednn(w, 16).unwrap();
         let (n, k) = (w.size()[0], w.size()[1]);
-        let kernel = for_packed(&packed, n, k).unwrap().unwrap_or_else(|| panic!("no blocking reproduces oneDNN at [{n}, {k}]"));
+        // The oneDNN-order kernel, also on CPUs where `for_packed` picks AMX.
+        let kernel = blocked_for_packed(&packed, n, k).unwrap().unwrap_or_else(|| panic!("no blocking reproduces oneDNN at [{n}, {k}]"));
         Some((packed, kernel))
     }
 
@@ -291,7 +350,7 @@ mod tests {
                     assert_eq!(got.size(), [rows, n]);
                     let want = batch.narrow(0, start, rows);
                     let differ = got.ne_tensor(&want).sum(Kind::Int64).int64_value(&[]);
-                    assert_eq!(differ, 0, "[{n}, {k}] step {} pool {pooled}: {differ} of {} outputs differ from oneDNN's batch of 64", kernel.step, rows * n);
+                    assert_eq!(differ, 0, "[{n}, {k}] {:?} pool {pooled}: {differ} of {} outputs differ from oneDNN's batch of 64", kernel.sums, rows * n);
                 }
             }
         }
@@ -350,7 +409,7 @@ mod tests {
         let packed = pack_onednn(&w, 16).unwrap();
         let ptr = packed_bytes(&packed, n, k).unwrap().expect("BA16a64b2a bytes");
         let outs: Vec<Tensor> =
-            [512, 1024, 2048].iter().map(|&step| forward(&x, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, step }).unwrap()).collect();
+            [512, 1024, 2048].iter().map(|&step| forward(&x, &RowKernel { _packed: packed.shallow_clone(), ptr, n, k, sums: Sums::Blocked { step } }).unwrap()).collect();
         for (a, b) in [(0, 1), (1, 2), (0, 2)] {
             let differ = outs[a].ne_tensor(&outs[b]).sum(Kind::Int64).int64_value(&[]);
             // Most rows have a block start between their two large values.

@@ -5,6 +5,7 @@
 //! paged [`KvCache`]. It is built from a [`WeightSource`] (GGUF file or Hugging
 //! Face folder) and a [`ModelConfig`].
 
+pub mod amx_bf16;
 pub mod attention;
 pub mod batch;
 pub mod chat_template;

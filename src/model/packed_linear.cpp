@@ -29,11 +29,14 @@ namespace {
 // so a sequence's greedy tokens would depend on its batch, and no row kernel
 // (gemv_bf16.cpp) can match every row count. Capped at AVX512_CORE_BF16,
 // oneDNN packs BA16a64b2a and sums as on Zen 4: batch-invariant, and the row
-// kernels apply. The price is prefill: AMX multiplied 512-row chunks 4-7x
-// faster there. An operator who prefers that sets ONEDNN_MAX_CPU_ISA
-// (e.g. ALL) before starting inferd; it is never overwritten. Set before
-// main: oneDNN reads the variable once, at its first ISA query, and nothing
-// in libtorch's own static initialisation makes one.
+// kernels apply. AMX's speed comes back through inferd's own AMX kernel
+// (amx_bf16.cpp), which reads that same packing and takes every bf16 product
+// without a bias on such CPUs; oneDNN keeps the rest. An operator who wants
+// oneDNN's AMX kernels anyway sets ONEDNN_MAX_CPU_ISA (e.g. ALL) before
+// starting inferd; it is never overwritten, and oneDNN then packs for AMX,
+// which inferd's kernels refuse to read. Set before main: oneDNN reads the
+// variable once, at its first ISA query, and nothing in libtorch's own
+// static initialisation makes one.
 struct CapOnednnIsa {
     CapOnednnIsa() { setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", 0); }
 };

@@ -16,6 +16,8 @@
 //! `gemv_bf16::MAX_ROWS` rows) go to `gemv_bf16`'s kernel instead, which
 //! reads the same packed bytes without oneDNN's per-call set-up and gives
 //! the same bits; prefill chunks, biases and other dtypes stay with oneDNN.
+//! On CPUs with AMX-BF16 the AMX kernel (`amx_bf16`) takes every bf16 product
+//! without a bias, at any row count.
 
 use std::ffi::c_void;
 #[cfg(inferd_torch_shim)]
@@ -79,11 +81,7 @@ impl PackedWeight {
     /// Rows up to which `linear` (without bias) runs on the row kernel; 0
     /// when this weight has none.
     pub fn row_kernel_rows(&self) -> i64 {
-        if self.rows.is_some() {
-            gemv_bf16::MAX_ROWS
-        } else {
-            0
-        }
+        self.rows.as_ref().map_or(0, RowKernel::max_rows)
     }
 }
 

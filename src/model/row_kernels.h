@@ -18,6 +18,11 @@ using bf16 = c10::BFloat16;
 // `w` (n % 64 == 0, k % 16 == 0), summed `step` inputs per accumulator.
 void gemv_bf16(const bf16* x, int64_t rows, uintptr_t w, int64_t n, int64_t k, int64_t step, bf16* y);
 
+// amx_bf16.cpp: the same product on AMX tiles (k % 32 == 0), every row
+// summed alike at any row count; only where amx_bf16_usable().
+void amx_bf16(const bf16* x, int64_t rows, uintptr_t w, int64_t n, int64_t k, bf16* y);
+bool amx_bf16_usable();
+
 // gemv_gguf.cpp: y [rows, n] = x [rows, k] times the GGUF layout `format`
 // (4: Q4, 8: Q8_0) at `w` (n % 16 == 0, k % 32 == 0).
 void gemv_gguf(const bf16* x, int64_t rows, const uint8_t* w, int64_t n, int64_t k, int64_t format, bf16* y);
