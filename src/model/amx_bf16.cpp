@@ -183,15 +183,7 @@ struct BlocksJob {
         _tile_loadconfig(&kConfig);
         owned.work(t, [&](int64_t b) { block(*pb, b); });
         _tile_release();
-        if (next.bytes != 0 && t > 0) {
-            const int64_t b0 = inferd_pool::first_owned(next.n / kBlock, t, threads);
-            const int64_t b1 = inferd_pool::first_owned(next.n / kBlock, t + 1, threads);
-            const int64_t bytes = (b1 - b0) * next.block_bytes();
-            const char* begin = reinterpret_cast<const char*>(next.bytes) + b0 * next.block_bytes();
-            inferd_pool::prefetch_after(begin, begin + (bytes < inferd_pool::kPrefetchBytes ? bytes : inferd_pool::kPrefetchBytes));
-        } else {
-            inferd_pool::prefetch_after(nullptr, nullptr);
-        }
+        inferd_pool::prefetch_owned_run(next.bytes, next.n / kBlock, next.block_bytes(), t, threads);
     }
 };
 

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <unordered_map>
 
+#include "cpu_pool.h"
+
 namespace inferd_pool {
 
 constexpr int kMaxOwners = 64;
@@ -90,5 +92,17 @@ struct Successors {
 // streams in while the caller does a layer's element-wise work, and well
 // inside a core's L2.
 constexpr int64_t kPrefetchBytes = 512 * 1024;
+
+// Once worker t of `threads` is done with a product: streams the start of its
+// run of the next product (`chunks` chunks of `chunk_bytes` from `bytes`; 0
+// when no successor is known) into its cache. Thread 0, the caller, has the
+// layer's serial work to do instead.
+inline void prefetch_owned_run(uintptr_t bytes, int64_t chunks, int64_t chunk_bytes, int t, int threads) {
+    if (bytes == 0 || t == 0) return prefetch_after(nullptr, nullptr);
+    const int64_t c0 = first_owned(chunks, t, threads), c1 = first_owned(chunks, t + 1, threads);
+    const char* begin = reinterpret_cast<const char*>(bytes) + c0 * chunk_bytes;
+    const int64_t len = (c1 - c0) * chunk_bytes;
+    prefetch_after(begin, begin + (len < kPrefetchBytes ? len : kPrefetchBytes));
+}
 
 }  // namespace inferd_pool
