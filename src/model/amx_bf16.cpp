@@ -6,8 +6,8 @@
 // would depend on its batch (packed_linear.cpp caps oneDNN below AMX for
 // that reason), while AMX multiplies a prefill chunk 4-7x faster than
 // AVX-512. Here every row is summed the same way whatever the row count:
-// rows go through 16-row tiles (the last one padded with zero rows, so a
-// tile is always full), and each 16-output slice of a row accumulates all
+// rows go through 16-row tiles (the last one padded, so a tile is always
+// full), and each 16-output slice of a row accumulates all
 // K / 32 tile products into one f32 tile, in order, then rounds to bf16 to
 // nearest even. A row's bits depend on its own inputs and the weight only,
 // so prefill, decode, prefix reuse and recomputation after preemption all
@@ -91,7 +91,7 @@ bool amx_usable() {
 }
 
 struct Problem {
-    const uint16_t* x;  // rows16 rows of k bf16 (zero rows past `rows`)
+    const uint16_t* x;  // rows16 rows of k bf16 (any values past `rows`)
     int64_t rows, rows16;
     const uint8_t* w;  // packed weight
     int64_t n, k;
@@ -188,14 +188,15 @@ struct BlocksJob {
 };
 
 // The rows as whole tiles: x itself when it has a multiple of 16 rows, else
-// a copy padded with zero rows (per thread, reused: decode steps pad the
-// same few rows 121 times a step).
+// a copy with room for the rest of the last tile (per thread, reused: decode
+// steps pad the same few rows 121 times a step). The padding rows are not
+// cleared: a C tile row is computed from the same A row only, so whatever
+// they hold (an earlier call's rows) reaches only output rows never stored.
 const uint16_t* whole_tiles(const uint16_t* x, int64_t rows, int64_t k, int64_t rows16) {
     if (rows16 == rows) return x;
     thread_local std::vector<uint16_t> padded;
-    padded.resize(static_cast<size_t>(rows16 * k));
+    if (padded.size() < static_cast<size_t>(rows16 * k)) padded.resize(static_cast<size_t>(rows16 * k));
     std::memcpy(padded.data(), x, static_cast<size_t>(rows * k) * 2);
-    std::memset(padded.data() + rows * k, 0, static_cast<size_t>((rows16 - rows) * k) * 2);
     return padded.data();
 }
 

@@ -135,8 +135,13 @@ mod tests {
         for (n, k) in [(960, 576), (576, 1536), (4096, 576)] {
             let w = weight(n, k);
             let Some(kernel) = amx_for(&w) else { return };
+            // Leaves NaN in this thread's padding rows: the later calls' outputs
+            // must not see them (a C row depends on its own A row only).
+            let nan = Tensor::full([15, k], f64::NAN, (Kind::BFloat16, Device::Cpu));
+            assert!(crate::model::gemv_bf16::forward(&nan, &kernel).unwrap().isnan().all().int64_value(&[]) == 1);
             let x = Tensor::randn([300, k], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
             let batch = crate::model::gemv_bf16::forward(&x, &kernel).unwrap();
+            assert_eq!(batch.isnan().sum(Kind::Int64).int64_value(&[]), 0);
             for (start, rows) in [(0, 1), (5, 1), (299, 1), (10, 2), (3, 15), (0, 16), (1, 17), (7, 64), (100, 200)] {
                 // On libtorch's threads, then on the decode pool's.
                 for pooled in [false, true] {
