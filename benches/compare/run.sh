@@ -34,7 +34,8 @@
 #            requests (128 in / 128 out) each followed by another sample;
 #            summarize.py judges each piece against the higher sample on
 #            either side (this VM's bandwidth switches between two speeds
-#            within seconds, so one sample per run cannot match the run)
+#            within seconds, so one sample per run cannot match the run),
+#            with the host's steal time over the piece from /proc/stat
 # --smoke: levels 1,2, 4 requests of 16 in / 16 out; prefix: 2 groups x 64
 #          tokens, 8 requests at concurrency 2; results under
 #          benches/results/tmp/compare-smoke (git-ignored).
@@ -309,8 +310,13 @@ if [[ ",$workloads," == *",pairs,"* ]] && has inferd "${peers[@]}"; then
   rm -rf "$out/inferd/pairs"
   "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
   for k in $(seq 1 "$PAIRS"); do
+    # /proc/stat's all-CPU line before and after: summarize.py reports the
+    # share of the piece's CPU time the hypervisor gave to other guests
+    # (steal), which the bandwidth samples' best-of-seven passes avoid.
+    stat_before=$(grep '^cpu ' /proc/stat)
     bench "$out/inferd/pairs/p$k" "inferd one stream, piece $k" $(( 100 + k )) --concurrency 1 --num-requests 2 \
       --input-len "$IN" --output-len "$OUTLEN" --no-plots > /dev/null
+    { echo "$stat_before"; grep '^cpu ' /proc/stat; } > "$out/inferd/pairs/p$k/proc_stat.txt"
     "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
   done
   stop_server

@@ -107,8 +107,26 @@ def pairs_of(out, machine):
             continue
         decode = 1000.0 / r["tpot_ms"]["mean"]
         gbs = max(samples[k - 1], samples[k])
-        rows.append((k, decode, gbs, decode * nbytes / (gbs * 1e9)))
+        rows.append((k, decode, gbs, decode * nbytes / (gbs * 1e9), steal_of(os.path.join(d, name, "proc_stat.txt"))))
     return rows
+
+
+def steal_of(path):
+    """The share of all CPU time between the two `cpu` lines of /proc/stat in
+    `path` that the hypervisor ran other guests on this VM's CPUs (steal, the
+    8th figure), or None where the file is missing (runs before 2026-12-01
+    17:00) or unreadable."""
+    try:
+        with open(path) as f:
+            lines = [list(map(int, l.split()[1:])) for l in f if l.startswith("cpu ")]
+    except (OSError, ValueError):
+        return None
+    if len(lines) < 2 or len(lines[0]) < 8:
+        return None
+    delta = [b - a for a, b in zip(lines[0], lines[1])]
+    # guest and guest_nice (9th, 10th) are already inside user and nice
+    total = sum(delta[:8])
+    return delta[7] / total if total > 0 else None
 
 
 def svg_chart(path, title, ylabel, series, xs):
@@ -318,11 +336,12 @@ def main():
                                                           "fraction": frac, "fraction_per_bandwidth_sample": fracs}
     pairs = pairs_of(out, machine)
     if pairs:
-        fr = sorted(f for _, _, _, f in pairs)
+        fr = sorted(p[3] for p in pairs)
         med = fr[len(fr) // 2] if len(fr) % 2 else (fr[len(fr) // 2 - 1] + fr[len(fr) // 2]) / 2
         checks.append((f"1 stream, {len(pairs)} pieces each judged against the higher bandwidth sample on either side (seconds apart): median >= 90%",
                        f"median {100 * med:.0f}% (pieces {min(fr) * 100:.0f}-{max(fr) * 100:.0f}%)", med >= 0.9))
-        summary["one_stream_pairs"] = [{"piece": k, "decode_tok_s": dec, "gbs": g, "fraction": f} for k, dec, g, f in pairs]
+        summary["one_stream_pairs"] = [{"piece": k, "decode_tok_s": dec, "gbs": g, "fraction": f, "host_steal": st}
+                                       for k, dec, g, f, st in pairs]
         summary["one_stream_pairs_median"] = med
     if "inferd" in prefix and "inferd-nocache" in prefix:
         q = prefix["inferd-nocache"][0]["ttft_ms"]["mean"] / prefix["inferd"][0]["ttft_ms"]["mean"]
@@ -331,13 +350,17 @@ def main():
         L.append("## One stream against the bandwidth of the same seconds")
         L.append("")
         L.append("inferd alone, 2 requests per piece (128 in / 128 out); a native bandwidth sample "
-                 "(`membw.c`, one thread per core) before the first piece and after each one.")
+                 "(`membw.c`, one thread per core) before the first piece and after each one. "
+                 "Host steal: the share of the VM's CPU time during the piece that the hypervisor gave "
+                 "to other guests (/proc/stat); a decode step waits for its slowest thread, while a "
+                 "bandwidth sample keeps the best of seven passes.")
         L.append("")
-        L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction |")
-        L.append("|---:|---:|---:|---:|---:|")
+        L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction | host steal |")
+        L.append("|---:|---:|---:|---:|---:|---:|")
         nbytes = inferd_weight_bytes(machine)
-        for k, dec, g, f in pairs:
-            L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% |")
+        for k, dec, g, f, st in pairs:
+            steal = "-" if st is None else f"{100 * st:.0f}%"
+            L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% | {steal} |")
         L.append("")
     if checks:
         L.append("## Targets (issue 5)")

@@ -100,13 +100,25 @@ struct Problem {
 
 // How far ahead the first pass over a block asks for its bytes: two tile
 // steps (and, near the block's end, the start of the next block, which
-// follows it). The hardware prefetchers alone leave a thread's stream short
-// of the memory's rate. The product of all of SmolLM2's layers at one to 16
-// rows, 2 threads, weights not in cache: 13.5-14.5 ms with T0 8 KiB ahead,
-// 14-19 ms with none, 14-15 with T1, 18-23 with NTA (which gemv_bf16.cpp
-// uses: tile loads seem not to find lines fetched that way) and 32-34 with
-// NTA 16 KiB ahead; 4, 12, 16 and 24 KiB with T0 were no better than 8.
+// follows it), as T0 prefetches of a quarter of a step (16 lines) before
+// each of the step's four tile products. The hardware prefetchers alone
+// leave a thread's stream short of the memory's rate. The product of all of
+// SmolLM2's layers at one to 16 rows, 2 threads, weights not in cache, with
+// the 64 lines in one burst at the step's start: 13.5-14.5 ms with T0
+// 8 KiB ahead, 14-19 ms with none, 14-15 with T1, 18-23 with NTA (which
+// gemv_bf16.cpp uses: tile loads seem not to find lines fetched that way)
+// and 32-34 with NTA 16 KiB ahead; 4, 12, 16 and 24 KiB with T0 were no
+// better than 8. Spread over the step (`cargo bench --bench kernels --
+// layer_stream`, bf16 at one row, four alternating rounds of the same
+// minutes on the AMX Xeon): 15.3-16.3 ms against 17.6-20.8 for the burst,
+// presumably because 64 prefetches at once hold the step until the fill
+// buffers drain.
 constexpr int64_t kAheadBytes = 8192;
+
+// T0 prefetches of the 16 lines (1 KiB) from `p`.
+inline void prefetch_lines(const char* p) {
+    for (int l = 0; l < 16; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+}
 
 // One 64-output block for every row, 16 rows at a time; later passes find
 // the block's bytes (73-197 KB for SmolLM2) in L2.
@@ -123,15 +135,18 @@ INFERD_AMX_TARGET void block(const Problem& pb, int64_t b) {
         const uint16_t* xm = pb.x + m0 * pb.k;
         for (int64_t s = 0; s < pb.k / kTileK; ++s) {
             const uint8_t* ws = wb + s * (kTileK / 2) * kPairBytes;
-            if (first)
-                for (int l = 0; l < 64; ++l) _mm_prefetch(reinterpret_cast<const char*>(ws + kAheadBytes + 64 * l), _MM_HINT_T0);
+            const char* ahead = reinterpret_cast<const char*>(ws + kAheadBytes);
             _tile_loadd(4, xm + s * kTileK, pb.k * 2);
+            if (first) prefetch_lines(ahead);
             _tile_loadd(5, ws, kPairBytes);
             _tile_dpbf16ps(0, 4, 5);
+            if (first) prefetch_lines(ahead + 1024);
             _tile_loadd(6, ws + 64, kPairBytes);
             _tile_dpbf16ps(1, 4, 6);
+            if (first) prefetch_lines(ahead + 2048);
             _tile_loadd(5, ws + 128, kPairBytes);
             _tile_dpbf16ps(2, 4, 5);
+            if (first) prefetch_lines(ahead + 3072);
             _tile_loadd(6, ws + 192, kPairBytes);
             _tile_dpbf16ps(3, 4, 6);
         }
