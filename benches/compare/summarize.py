@@ -115,7 +115,7 @@ def steal_of(path):
     """The share of all CPU time between the two `cpu` lines of /proc/stat in
     `path` that the hypervisor ran other guests on this VM's CPUs (steal, the
     8th figure), or None where the file is missing (runs before 2026-12-01
-    17:00) or unreadable."""
+    16:20 UTC) or unreadable."""
     try:
         with open(path) as f:
             lines = [list(map(int, l.split()[1:])) for l in f if l.startswith("cpu ")]
