@@ -115,6 +115,37 @@ struct Problem {
     int64_t k, n, blocks;
 };
 
+// A block's end, the same in both kinds of tile: each (row, line)'s block
+// sum times the block's scale d into its running total, plus, for Q4,
+// (m - 128 d) times the block's sum of x.
+template <class F, int R, int G>
+INFERD_BF16_TARGET inline void scale_block(const Problem& pb, const uint8_t* const (&base)[G], int64_t b, int64_t row,
+                                           const __m512 (&acc)[R][G], __m512 (&total)[R][G]) {
+    for (int g = 0; g < G; ++g) {
+        const uint8_t* s = base[g] + b * F::kBlockBytes + F::kChunks * 32;
+        // maskz with all lanes: the plain intrinsic trips GCC 12's
+        // -Wmaybe-uninitialized on its undefined pass-through operand.
+        const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
+        for (int r = 0; r < R; ++r) total[r][g] = _mm512_fmadd_ps(acc[r][g], d, total[r][g]);
+        if constexpr (F::kMin) {
+            const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32)));
+            const __m512 corr = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), d, m);  // m - 128 d
+            for (int r = 0; r < R; ++r)
+                total[r][g] = _mm512_fmadd_ps(corr, _mm512_set1_ps(pb.xsum[(row + r) * pb.blocks + b]), total[r][g]);
+        }
+    }
+}
+
+// The totals rounded to bf16 (to nearest even) into y.
+template <int R, int G>
+INFERD_BF16_TARGET inline void store_totals(const Problem& pb, int64_t row, int64_t line0, const __m512 (&total)[R][G]) {
+    for (int r = 0; r < R; ++r)
+        for (int g = 0; g < G; ++g) {
+            const __m256bh v = _mm512_cvtneps_pbh(total[r][g]);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.y + (row + r) * pb.n + (line0 + g) * kLine), (__m256i)v);
+        }
+}
+
 // R rows x G lines. Each (row, line) keeps a running f32 total and a block
 // accumulator; a chunk's vectors are widened per line just before use, so
 // 2 R G + a few registers are live (R G <= 8 fits in 32).
@@ -153,25 +184,9 @@ INFERD_BF16_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
                     for (int v = 0; v < F::kVectors; ++v) acc[r][g] = _mm512_dpbf16_ps(acc[r][g], xv[v][r], wv[v]);
             }
         }
-        for (int g = 0; g < G; ++g) {
-            const uint8_t* s = base[g] + b * F::kBlockBytes + F::kChunks * 32;
-            // maskz with all lanes: the plain intrinsic trips GCC 12's
-            // -Wmaybe-uninitialized on its undefined pass-through operand.
-            const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
-            for (int r = 0; r < R; ++r) total[r][g] = _mm512_fmadd_ps(acc[r][g], d, total[r][g]);
-            if constexpr (F::kMin) {
-                const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32)));
-                const __m512 corr = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), d, m);  // m - 128 d
-                for (int r = 0; r < R; ++r)
-                    total[r][g] = _mm512_fmadd_ps(corr, _mm512_set1_ps(pb.xsum[(row + r) * pb.blocks + b]), total[r][g]);
-            }
-        }
+        scale_block<F, R, G>(pb, base, b, row, acc, total);
     }
-    for (int r = 0; r < R; ++r)
-        for (int g = 0; g < G; ++g) {
-            const __m256bh v = _mm512_cvtneps_pbh(total[r][g]);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.y + (row + r) * pb.n + (line0 + g) * kLine), (__m256i)v);
-        }
+    store_totals<R, G>(pb, row, line0, total);
 }
 
 // `tile`'s sums as f32 FMAs, the odd input of each pair first (see the top
@@ -207,23 +222,9 @@ INFERD_BF16_TARGET inline void ftile(const Problem& pb, int64_t row, int64_t lin
                     }
                 }
             }
-        for (int g = 0; g < G; ++g) {
-            const uint8_t* s = base[g] + b * F::kBlockBytes + F::kChunks * 32;
-            const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s)));
-            for (int r = 0; r < R; ++r) total[r][g] = _mm512_fmadd_ps(acc[r][g], d, total[r][g]);
-            if constexpr (F::kMin) {
-                const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + 32)));
-                const __m512 corr = _mm512_fnmadd_ps(_mm512_set1_ps(128.0f), d, m);  // m - 128 d
-                for (int r = 0; r < R; ++r)
-                    total[r][g] = _mm512_fmadd_ps(corr, _mm512_set1_ps(pb.xsum[(row + r) * pb.blocks + b]), total[r][g]);
-            }
-        }
+        scale_block<F, R, G>(pb, base, b, row, acc, total);
     }
-    for (int r = 0; r < R; ++r)
-        for (int g = 0; g < G; ++g) {
-            const __m256bh v = _mm512_cvtneps_pbh(total[r][g]);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.y + (row + r) * pb.n + (line0 + g) * kLine), (__m256i)v);
-        }
+    store_totals<R, G>(pb, row, line0, total);
 }
 
 // MXCSR's DAZ (bit 6) and FTZ (bit 15) for a scope, as VDPBF16PS has them.
