@@ -6,8 +6,8 @@
 // would depend on its batch (packed_linear.cpp caps oneDNN below AMX for
 // that reason), while AMX multiplies a prefill chunk 4-7x faster than
 // AVX-512. Here every row is summed the same way whatever the row count:
-// rows go through 16-row tiles (the last one padded, so a tile is always
-// full), and each 16-output slice of a row accumulates all
+// fewer than 16 rows go through tiles of that many rows, more through
+// 16-row tiles (the last one padded), and each 16-output slice of a row accumulates all
 // K / 32 tile products into one f32 tile, in order, then rounds to bf16 to
 // nearest even. A row's bits depend on its own inputs and the weight only,
 // so prefill, decode, prefix reuse and recomputation after preemption all
@@ -56,18 +56,25 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-// tmm0-3: C, 16 rows x 16 f32; tmm4: A, 16 rows x 32 bf16; tmm5-6: B,
-// 16 pairs x 16 outputs x 2 bf16 (two, so a load overlaps a product).
-TileConfig full_tiles() {
+// tmm0-3: C, `rows` rows x 16 f32; tmm4: A, `rows` rows x 32 bf16; tmm5-6:
+// B, 16 pairs x 16 outputs x 2 bf16 (two, so a load overlaps a product).
+TileConfig tiles_of(int rows) {
     TileConfig c;
     for (int t = 0; t < 7; ++t) {
-        c.rows[t] = kTileRows;
+        c.rows[t] = t < 5 ? rows : kTileRows;
         c.colsb[t] = 64;
     }
     return c;
 }
 
-const TileConfig kConfig = full_tiles();
+// Tiles of 1 to 16 rows (index 0 unused).
+struct Configs {
+    TileConfig of[kTileRows + 1];
+    Configs() {
+        for (int r = 1; r <= kTileRows; ++r) of[r] = tiles_of(r);
+    }
+};
+const Configs kConfigs;
 
 // CPUID.(7,0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE; XCR0 bits 17-18 the
 // OS saves tile state; then Linux must grant this process the tile data
@@ -93,31 +100,43 @@ bool amx_usable() {
 struct Problem {
     const uint16_t* x;  // rows16 rows of k bf16 (any values past `rows`)
     int64_t rows, rows16;
+    const TileConfig* config;  // tiles of min(rows, 16) rows
     const uint8_t* w;  // packed weight
     int64_t n, k;
     uint16_t* y;  // [rows, n]
 };
 
-// How far ahead the first pass over a block asks for its bytes: two tile
-// steps (and, near the block's end, the start of the next block, which
-// follows it), as T0 prefetches of a quarter of a step (16 lines) before
-// each of the step's four tile products. The hardware prefetchers alone
-// leave a thread's stream short of the memory's rate. The product of all of
-// SmolLM2's layers at one to 16 rows, 2 threads, weights not in cache, with
-// the 64 lines in one burst at the step's start: 13.5-14.5 ms with T0
-// 8 KiB ahead, 14-19 ms with none, 14-15 with T1, 18-23 with NTA (which
-// gemv_bf16.cpp uses: tile loads seem not to find lines fetched that way)
-// and 32-34 with NTA 16 KiB ahead; 4, 12, 16 and 24 KiB with T0 were no
-// better than 8. Spread over the step (`cargo bench --bench kernels --
-// layer_stream`, bf16 at one row, four alternating rounds of the same
-// minutes on the AMX Xeon): 15.3-16.3 ms against 17.6-20.8 for the burst,
-// presumably because 64 prefetches at once hold the step until the fill
-// buffers drain.
+// How far ahead the first pass over a block asks for its bytes, and how.
+// A tile step reads 4 KiB (16 pairs x 256 bytes: one page when the weight is
+// page-aligned). The hardware prefetchers alone leave a thread's stream
+// short of the memory's rate, and T0 prefetches of one stream (the step two
+// steps ahead, 16 lines before each tile product) were not much better: the
+// L2 streamer follows one page at a time. Here each step's four tile
+// products ask, 16 lines in all, for four lines in each of the four steps
+// from two steps ahead, the nearest getting the last quarter of its lines and
+// the farthest the first quarter, so every line is asked for once, a quarter
+// at a time over the four steps before it is read, and four pages are being
+// streamed at once, as `membw`'s interleaved streams are (4 streams per
+// thread read 23-29 GB/s on the AMX Xeon against 17-22 for one). A
+// standalone loop of this kernel over SmolLM2's layers (one row, 2 threads,
+// alternating runs in the same minutes on that Xeon): 17.7-25.7 GB/s against
+// 13.1-17.4 with the one-stream prefetches; two pages at a time gave 18-19,
+// eight 21-25. Earlier, with one stream: 8 KiB ahead was best among 4-24
+// KiB, T0 better than T1, and NTA much worse (tile loads seem not to find
+// lines fetched that way); a burst of 64 lines at the step's start worse
+// than 16 before each product.
 constexpr int64_t kAheadBytes = 8192;
+constexpr int64_t kStepBytes = kTileK / 2 * kPairBytes;
+constexpr int kStreamedSteps = 4;
+static_assert(kStepBytes == 4096, "a tile step is one page");
 
-// T0 prefetches of the 16 lines (1 KiB) from `p`.
-inline void prefetch_lines(const char* p) {
-    for (int l = 0; l < 16; ++l) _mm_prefetch(p + 64 * l, _MM_HINT_T0);
+// Before tile product g (0-3) of a step: lines 4g..4g+3 of quarter
+// 3 - j of the step j steps past `ahead`, for j = 0..3.
+inline void prefetch_spread(const char* ahead, int g) {
+    constexpr int64_t kQuarter = kStepBytes / kStreamedSteps;
+    for (int l = 0; l < 4; ++l)
+        for (int j = 0; j < kStreamedSteps; ++j)
+            _mm_prefetch(ahead + j * kStepBytes + (kStreamedSteps - 1 - j) * kQuarter + g * (kQuarter / 4) + 64 * l, _MM_HINT_T0);
 }
 
 // One 64-output block for every row, 16 rows at a time; later passes find
@@ -134,19 +153,19 @@ INFERD_AMX_TARGET void block(const Problem& pb, int64_t b) {
         _tile_zero(3);
         const uint16_t* xm = pb.x + m0 * pb.k;
         for (int64_t s = 0; s < pb.k / kTileK; ++s) {
-            const uint8_t* ws = wb + s * (kTileK / 2) * kPairBytes;
+            const uint8_t* ws = wb + s * kStepBytes;
             const char* ahead = reinterpret_cast<const char*>(ws + kAheadBytes);
             _tile_loadd(4, xm + s * kTileK, pb.k * 2);
-            if (first) prefetch_lines(ahead);
+            if (first) prefetch_spread(ahead, 0);
             _tile_loadd(5, ws, kPairBytes);
             _tile_dpbf16ps(0, 4, 5);
-            if (first) prefetch_lines(ahead + 1024);
+            if (first) prefetch_spread(ahead, 1);
             _tile_loadd(6, ws + 64, kPairBytes);
             _tile_dpbf16ps(1, 4, 6);
-            if (first) prefetch_lines(ahead + 2048);
+            if (first) prefetch_spread(ahead, 2);
             _tile_loadd(5, ws + 128, kPairBytes);
             _tile_dpbf16ps(2, 4, 5);
-            if (first) prefetch_lines(ahead + 3072);
+            if (first) prefetch_spread(ahead, 3);
             _tile_loadd(6, ws + 192, kPairBytes);
             _tile_dpbf16ps(3, 4, 6);
         }
@@ -169,7 +188,7 @@ INFERD_AMX_TARGET void block(const Problem& pb, int64_t b) {
 // thread's own state, so each thread loads it, and releases the tiles when
 // done (a thread holding tile data saves 8 KiB more at each switch).
 INFERD_AMX_TARGET void run_blocks(const Problem& pb, int64_t b0, int64_t b1) {
-    _tile_loadconfig(&kConfig);
+    _tile_loadconfig(pb.config);
     for (int64_t b = b0; b < b1; ++b) block(pb, b);
     _tile_release();
 }
@@ -195,18 +214,19 @@ struct BlocksJob {
     INFERD_AMX_TARGET void operator()(int t, int /*running*/) {
         const int threads = owned.threads();
         if (t >= threads) return;
-        _tile_loadconfig(&kConfig);
+        _tile_loadconfig(pb->config);
         owned.work(t, [&](int64_t b) { block(*pb, b); });
         _tile_release();
         inferd_pool::prefetch_owned_run(next.bytes, next.n / kBlock, next.block_bytes(), t, threads);
     }
 };
 
-// The rows as whole tiles: x itself when it has a multiple of 16 rows, else
-// a copy with room for the rest of the last tile (per thread, reused: decode
-// steps pad the same few rows 121 times a step). The padding rows are not
-// cleared: a C tile row is computed from the same A row only, so whatever
-// they hold (an earlier call's rows) reaches only output rows never stored.
+// The rows as whole tiles: x itself when it has fewer than 16 rows (one
+// tile of that many rows) or a multiple of 16, else a copy with room for the
+// rest of the last 16-row tile (per thread, reused). The padding rows are
+// not cleared: a C tile row is computed from the same A row only, so
+// whatever they hold (an earlier call's rows) reaches only output rows never
+// stored.
 const uint16_t* whole_tiles(const uint16_t* x, int64_t rows, int64_t k, int64_t rows16) {
     if (rows16 == rows) return x;
     thread_local std::vector<uint16_t> padded;
@@ -224,10 +244,14 @@ bool inferd_rows::amx_bf16_usable() {
 
 void inferd_rows::amx_bf16(const bf16* x, int64_t rows, uintptr_t w, int64_t n, int64_t k, bf16* y) {
     if (rows == 0) return;
-    const int64_t rows16 = (rows + kTileRows - 1) / kTileRows * kTileRows;
+    // Fewer than 16 rows (decode steps) go in one tile of that many rows:
+    // a 16-row tile would load and store 16 rows for each one used, and
+    // those stores must drain before the next block is claimed.
+    const int64_t rows16 = rows < kTileRows ? rows : (rows + kTileRows - 1) / kTileRows * kTileRows;
     const Problem pb{whole_tiles(reinterpret_cast<const uint16_t*>(x), rows, k, rows16),
                      rows,
                      rows16,
+                     &kConfigs.of[rows < kTileRows ? rows : kTileRows],
                      reinterpret_cast<const uint8_t*>(w),
                      n,
                      k,
