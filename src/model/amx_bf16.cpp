@@ -7,9 +7,9 @@
 // that reason), while AMX multiplies a prefill chunk 4-7x faster than
 // AVX-512. Here every row is summed the same way whatever the row count:
 // fewer than 16 rows go through tiles of that many rows, more through
-// 16-row tiles (the last one padded), and each 16-output slice of a row accumulates all
-// K / 32 tile products into one f32 tile, in order, then rounds to bf16 to
-// nearest even. A row's bits depend on its own inputs and the weight only,
+// 16-row tiles (the last one padded), and each 16-output slice of a row
+// accumulates all K / 32 tile products into one f32 tile, in order, then
+// rounds to bf16 to nearest even. A row's bits depend on its own inputs and the weight only,
 // so prefill, decode, prefix reuse and recomputation after preemption all
 // agree bit for bit.
 //
@@ -139,8 +139,8 @@ inline void prefetch_spread(const char* ahead, int g) {
             _mm_prefetch(ahead + j * kStepBytes + (kStreamedSteps - 1 - j) * kQuarter + g * (kQuarter / 4) + 64 * l, _MM_HINT_T0);
 }
 
-// One 64-output block for every row, 16 rows at a time; later passes find
-// the block's bytes (73-197 KB for SmolLM2) in L2.
+// One 64-output block for every row, a tile of rows at a time; later
+// passes find the block's bytes (73-197 KB for SmolLM2) in L2.
 INFERD_AMX_TARGET void block(const Problem& pb, int64_t b) {
     const int64_t pairs = pb.k / 2;
     const uint8_t* wb = pb.w + b * pairs * kPairBytes;
