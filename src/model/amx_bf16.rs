@@ -5,8 +5,9 @@
 //! count, so inferd caps oneDNN below AMX (`packed_linear.cpp`) and the
 //! AVX-512 row kernel (`gemv_bf16`) reproduces its bits for decode rows,
 //! leaving prefill chunks on oneDNN's slower AVX-512 path. This kernel sums
-//! every row the same way at any row count (16-row tiles, the last padded,
-//! one f32 accumulator tile per 16 outputs over all of K), so it can take
+//! every row the same way at any row count (one tile of fewer than 16 rows,
+//! or 16-row tiles with the last padded; one f32 accumulator tile per 16
+//! outputs over all of K), so it can take
 //! every product of a bf16 weight, prefill and decode alike, and a sequence
 //! still gets the same bits alone, in a batch, from the prefix cache or
 //! recomputed after preemption. It reads the bytes oneDNN packed for the
