@@ -98,7 +98,8 @@ bool amx_usable() {
 }
 
 struct Problem {
-    const uint16_t* x;  // rows16 rows of k bf16 (any values past `rows`)
+    const uint16_t* x;  // rows16 rows of k bf16 (any values past `rows`):
+                        // `rows` rounded up to whole tiles
     int64_t rows, rows16;
     const TileConfig* config;  // tiles of min(rows, 16) rows
     const uint8_t* w;  // packed weight
@@ -247,11 +248,12 @@ void inferd_rows::amx_bf16(const bf16* x, int64_t rows, uintptr_t w, int64_t n, 
     // Fewer than 16 rows (decode steps) go in one tile of that many rows:
     // a 16-row tile would load and store 16 rows for each one used, and
     // those stores must drain before the next block is claimed.
-    const int64_t rows16 = rows < kTileRows ? rows : (rows + kTileRows - 1) / kTileRows * kTileRows;
+    const int64_t tile_rows = rows < kTileRows ? rows : kTileRows;
+    const int64_t rows16 = (rows + tile_rows - 1) / tile_rows * tile_rows;
     const Problem pb{whole_tiles(reinterpret_cast<const uint16_t*>(x), rows, k, rows16),
                      rows,
                      rows16,
-                     &kConfigs.of[rows < kTileRows ? rows : kTileRows],
+                     &kConfigs.of[tile_rows],
                      reinterpret_cast<const uint8_t*>(w),
                      n,
                      k,
