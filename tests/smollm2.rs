@@ -283,9 +283,11 @@ fn gguf_blocks_stay_with_f32_and_answer_paris() {
     let chunked = chunked_logits(&model, &prompt, &[(0, 96), (96, 141), (141, n)]);
     let err = max_abs_diff(&whole, &truth);
     println!("{n} positions: GGUF blocks vs f32 max|diff| {err:.3}");
-    // The same bound as plain bf16 (whose weights are also rounded to bf16;
-    // these are the file's exact values).
-    assert!(err <= 2.0, "GGUF blocks stray from f32 by {err}");
+    // The file's exact weights, but inputs rounded to 16 bits of their block
+    // of 32's largest (gemv_gguf.cpp) on top of the bf16 activations: 2.1
+    // here, where plain bf16 (weights rounded to bf16) is 1.2-1.3 and one
+    // byte an input (llama.cpp's Q8_1) was 2.4.
+    assert!(err <= 2.5, "GGUF blocks stray from f32 by {err}");
     if chunks_are_exact() {
         assert!(chunked.equal(&whole), "GGUF blocks prefill in chunks differs from one pass");
     }

@@ -5,11 +5,11 @@
 //! decode step; kept in its blocks a weight is 0.625 bytes a parameter in Q4
 //! (nibbles plus each block's f16 scale and minimum) and 1.0625 in Q8_0, so
 //! one stream, which is bound by reading the weights, moves 3.2x (Q4) or
-//! 1.9x (Q8_0) fewer bytes. `gemv_gguf.cpp` multiplies bf16 rows by the
-//! blocks directly with AVX512_BF16 and gives the file's exact weights (no
-//! second rounding to bf16), at every row count with one summation order, so
-//! a row's result does not depend on its batch. This module re-lays the
-//! blocks out for the kernel once, at load time.
+//! 1.9x (Q8_0) fewer bytes. `gemv_gguf.cpp` multiplies the blocks as they
+//! are (the file's exact weights) by bf16 rows rounded to 16 bits per block
+//! of 32 inputs, with AVX512_VNNI's byte dot products, in one summation order
+//! at every row count, so a row's result does not depend on its batch. This
+//! module re-lays the blocks out for the kernel once, at load time.
 
 use std::ffi::c_void;
 
@@ -32,9 +32,17 @@ const BLOCK: i64 = 32;
 const Q4_BLOCK_BYTES: usize = 320;
 const Q8_BLOCK_BYTES: usize = 544;
 
-/// Whether this build and CPU run the kernel (it needs AVX512_BF16).
+/// Whether this build and CPU run the kernel (it needs AVX512_BF16 and
+/// AVX512_VNNI).
 pub fn available() -> bool {
-    super::gemv_bf16::available()
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::gemv_bf16::available() && std::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// A quantized weight [n, k] in the kernel's layout.
@@ -71,9 +79,12 @@ impl GgufWeight {
                     let src = &rows.data[at..at + tsz];
                     match rows.ty {
                         GgmlType::Q8_0 => {
-                            // Chunk p: inputs 2p, 2p + 1 of output i at 2i, 2i + 1.
-                            for p in 0..16 {
-                                dst[p * 32 + 2 * i..p * 32 + 2 * i + 2].copy_from_slice(&src[2 + 2 * p..4 + 2 * p]);
+                            // Vector v: input 4v + j of output i at 4i + j, as
+                            // q + 128 (the kernel's weights are unsigned).
+                            for v in 0..8 {
+                                for j in 0..4 {
+                                    dst[v * 64 + 4 * i + j] = src[2 + 4 * v + j] ^ 0x80;
+                                }
                             }
                             dst[512 + 2 * i..514 + 2 * i].copy_from_slice(&src[0..2]);
                         }
@@ -86,9 +97,11 @@ impl GgufWeight {
                                 ([src[0], src[1]], m.to_le_bytes(), &src[2..18])
                             };
                             let q = |e: usize| if e < 16 { qs[e] & 0x0F } else { qs[e - 16] >> 4 };
-                            for c in 0..8 {
-                                for h in 0..2 {
-                                    dst[c * 32 + 2 * i + h] = q(2 * c + h) | q(16 + 2 * c + h) << 4;
+                            // Vector v: input 8v + j of output i in the low
+                            // nibble of byte 4i + j, input 8v + 4 + j in its high one.
+                            for v in 0..4 {
+                                for j in 0..4 {
+                                    dst[v * 64 + 4 * i + j] = q(8 * v + j) | q(8 * v + 4 + j) << 4;
                                 }
                             }
                             dst[256 + 2 * i..258 + 2 * i].copy_from_slice(&d);
@@ -182,8 +195,9 @@ mod tests {
             let all = w.forward(&x).unwrap();
             assert_eq!(all.size(), [67, n]);
             assert_eq!(all.kind(), Kind::BFloat16);
-            // Against f64 on the same bf16 inputs: the kernel's only
-            // roundings are f32 sums and the final bf16.
+            // Against f64 on the same bf16 inputs: the kernel rounds the
+            // inputs to 16 bits of their block's largest, then sums in f32
+            // and rounds the result to bf16.
             let want = x.to_kind(Kind::Double).mm(&dense.to_kind(Kind::Double).tr());
             let err = (all.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
             let scale = want.abs().max().double_value(&[]);

@@ -26,6 +26,8 @@ bool amx_bf16_usable();
 // gemv_gguf.cpp: y [rows, n] = x [rows, k] times the GGUF layout `format`
 // (4: Q4, 8: Q8_0) at `w` (n % 16 == 0, k % 32 == 0).
 void gemv_gguf(const bf16* x, int64_t rows, const uint8_t* w, int64_t n, int64_t k, int64_t format, bf16* y);
+// Whether this CPU runs gemv_gguf (AVX512_BF16 and AVX512_VNNI).
+bool gemv_gguf_usable();
 
 // fused_cpu.cpp: out = weight * rms_norm(x + delta) and, with a delta,
 // sum = x + delta (x, delta, sum, out: [rows, h]; delta may be null, then
