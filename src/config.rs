@@ -146,7 +146,7 @@ pub struct VersionConfig {
     #[serde(default = "default_true")]
     pub prefix_caching: bool,
     /// `"gguf"`: keep a GGUF file's Q4_0/Q4_1/Q8_0 linear weights in their
-    /// blocks (bf16 on a CPU with AVX512_BF16); `"none"`: dequantize.
+    /// blocks (bf16 on a CPU with AVX512_BF16 and AVX512_VNNI); `"none"`: dequantize.
     #[serde(default)]
     pub quantization: Quantization,
 }

@@ -11,20 +11,27 @@
 // ~0.24 ns for an FMA, and a one-row Q4 tile ran at ~12.5 G multiply-adds a
 // second per thread whether its weights came from L2 or from memory.
 //
-// How (as llama.cpp multiplies its Q8_1 activations by Q4 and Q8_0 blocks):
-// each row's block of 32 inputs is quantized to bytes, x ~ s xq with s =
-// max|x| / 127 and xq = round(x / s) in [-127, 127]; VPDPBUSD sums four
-// unsigned weight bytes times four signed input bytes into each 32-bit lane
-// (64 products an instruction), exactly; then per block
-//   Q4:   sum w x ~ d s sum q xq + m s sum xq  (Q4_0's m being -8 d),
-//   Q8_0: sum w x ~ d s sum q xq, with q stored as q + 128 (VPDPBUSD's
-//         weights are unsigned) and 128 sum xq taken off the integer sum.
+// How (as llama.cpp multiplies its Q8_1 activations by Q4 and Q8_0
+// blocks, with one more byte an input): each row's block of 32 inputs is
+// quantized to two bytes an input, x ~ s (xq + rq / 256) with s = max|x| /
+// 127 (quantize_rows); VPDPBUSD sums four unsigned weight bytes times four
+// signed input bytes into each 32-bit lane (64 products an instruction),
+// exactly, once against xq and once against rq; then per block, with the
+// integer S = sum q (256 xq + rq) = 256 sum q xq + sum q rq,
+//   Q4:   sum w x ~ d (s / 256) S + m s sum (xq + rq / 256)  (Q4_0's m
+//         being -8 d),
+//   Q8_0: sum w x ~ d (s / 256) S, with q stored as q + 128 (VPDPBUSD's
+//         weights are unsigned) and 128 sum (256 xq + rq) taken off S.
 // The integer sums are exact, and each (row, line)'s f32 total takes its
 // blocks in order with the same two FMAs, whatever the number of rows or
 // the tile that computes it: a row gets the same bits alone as in any batch,
 // so batched greedy decoding gives a sequence the tokens it gets alone. The
-// only rounding beyond f32 sums is the inputs' to 8 bits per block (at most
-// s / 2 an input).
+// only rounding beyond f32 sums is the inputs', within about s / 512.
+//
+// Prefill chunks and batches of 16 rows or more, on CPUs with AMX-INT8, go
+// 16 rows at a time through TDPBSUD tile products (`amx_line`), which sum
+// the same bytes exactly; their block ends are the same ops as `tile`'s, so
+// a row gets the same bits from either kernel.
 //
 // Work: groups of 8 lines. In a decode step (the pool active) each thread
 // owns a contiguous run of groups (owned_chunks.h), and a worker streams
@@ -43,6 +50,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -60,6 +68,7 @@
 // Every CPU with AVX512_BF16 (which the rest of the quantized path needs)
 // also has AVX512_VNNI; gemv_gguf_usable() checks both.
 #define INFERD_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
+#define INFERD_AMX_INT8_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
 
 namespace {
 
@@ -224,13 +233,12 @@ INFERD_VNNI_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
         }
 }
 
-// All rows against lines [l0, l0 + count), count <= kGroup. Rows go eight
+// Rows [r, rows) against lines [l0, l0 + count), count <= kGroup. Rows go eight
 // at a time against one line (a line's blocks, 5-26 KB for SmolLM2, stay in
 // L1 across the passes); the last few rows take several lines at a time so
 // that one row still keeps eight accumulators going.
 template <class F>
-INFERD_VNNI_TARGET void run_group(const Problem& pb, int64_t rows, int64_t l0, int64_t count) {
-    int64_t r = 0;
+INFERD_VNNI_TARGET void run_group(const Problem& pb, int64_t r, int64_t rows, int64_t l0, int64_t count) {
     for (; r + 8 <= rows; r += 8)
         for (int64_t l = 0; l < count; ++l) tile<F, 8, 1>(pb, r, l0 + l);
     for (; r + 4 <= rows; r += 4) {
@@ -250,6 +258,130 @@ INFERD_VNNI_TARGET void run_group(const Problem& pb, int64_t rows, int64_t l0, i
         for (; l < count; ++l) tile<F, 1, 1>(pb, r, l0 + l);
     }
 }
+
+// AMX-INT8 (Sapphire Rapids and later): 16 rows against one line per tile
+// product. TDPBSUD sums signed input bytes times unsigned weight bytes into
+// 32-bit lanes exactly, as VPDPBUSD does, and the block's end below is
+// `tile`'s, op for op, so a row gets the same bits from either: rows in
+// whole 16-row tiles go here, the rest to `run_group`.
+constexpr int64_t kTileRows = 16;
+
+// LDTILECFG's 64-byte operand (palette 1): tmm0-1 C (sum q xq, sum q rq),
+// 16 rows x 16 lanes; tmm2-3 A (xq, rq), 16 rows x 32 bytes; tmm4 B, 8
+// rows of 4 inputs x 16 outputs.
+struct alignas(64) TileConfig {
+    uint8_t palette = 1;
+    uint8_t start_row = 0;
+    uint8_t reserved[14] = {};
+    uint16_t colsb[16] = {64, 64, 32, 32, 64};
+    uint8_t rows[16] = {16, 16, 16, 16, 8};
+};
+const TileConfig kTiles;
+
+// CPUID.(7,0):EDX bit 25: AMX-INT8; amx_bf16_usable() checks the tiles
+// themselves and asks Linux for their state.
+bool amx_int8_usable() {
+#if defined(__x86_64__) && defined(__linux__)
+    unsigned a, b, c, d;
+    return inferd_rows::amx_bf16_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25));
+#else
+    return false;
+#endif
+}
+
+// A line's B tiles, one per block of 32 inputs: Q4's nibbles as bytes
+// (vector v's low nibbles are B row 2v, its high ones row 2v + 1), widened
+// once per line into `buf` (512 bytes a block, 24 KiB at SmolLM2's widest)
+// before any 16-row slice reads them; Q8_0's vectors are B as stored.
+template <class F>
+INFERD_AMX_INT8_TARGET inline const uint8_t* b_tiles(const Problem& pb, const uint8_t* line, std::vector<uint8_t>& buf) {
+    if constexpr (F::kParts == 1) {
+        return line;
+    } else {
+        buf.resize(static_cast<size_t>(pb.blocks * 512));
+        for (int64_t b = 0; b < pb.blocks; ++b)
+            for (int v = 0; v < F::kVectors; ++v) {
+                __m512i parts[2];
+                F::widen(line + b * F::kBlockBytes + v * 64, parts);
+                _mm512_storeu_si512(buf.data() + b * 512 + 2 * v * 64, parts[0]);
+                _mm512_storeu_si512(buf.data() + b * 512 + (2 * v + 1) * 64, parts[1]);
+            }
+        return buf.data();
+    }
+}
+
+// Rows [row, row + 16) against one line, all its blocks, with the line's B
+// tiles at `tiles` (b_tiles); the tiles are configured (kTiles).
+template <class F>
+INFERD_AMX_INT8_TARGET void amx_line(const Problem& pb, int64_t row, int64_t line, const uint8_t* tiles) {
+    constexpr int64_t kTileBytes = F::kParts == 1 ? F::kBlockBytes : 512;
+    __m512 total[kTileRows];
+    for (auto& t : total) t = _mm512_setzero_ps();
+    const uint8_t* base = pb.w + line * pb.blocks * F::kBlockBytes;
+    // Two sets, by the block's parity, so a block's tile stores need not
+    // wait for the previous block's reads.
+    alignas(64) int32_t coarse[2][kTileRows][16], fine[2][kTileRows][16];
+    for (int64_t b = 0; b < pb.blocks; ++b) {
+        const int h = static_cast<int>(b & 1);
+        _tile_loadd(4, tiles + b * kTileBytes, 64);
+        _tile_loadd(2, pb.xq + row * pb.k + b * kBlockIn, pb.k);
+        _tile_loadd(3, pb.rq + row * pb.k + b * kBlockIn, pb.k);
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_dpbsud(0, 2, 4);
+        _tile_dpbsud(1, 3, 4);
+        _tile_stored(0, coarse[h], 64);
+        _tile_stored(1, fine[h], 64);
+        // `tile`'s block end, op for op.
+        const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
+        const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+        for (int r = 0; r < kTileRows; ++r) {
+            const int64_t at = (row + r) * pb.blocks + b;
+            __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, _mm512_load_si512(coarse[h][r]), 8), _mm512_load_si512(fine[h][r]));
+            if constexpr (!F::kMin) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(pb.offset[at]));
+            const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(pb.scale[at]));
+            total[r] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, sum), ds, total[r]);
+            if constexpr (F::kMin) {
+                const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32)));
+                total[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(pb.scaled[at]), total[r]);
+            }
+        }
+    }
+    for (int r = 0; r < kTileRows; ++r) {
+        const __m256bh v = _mm512_cvtneps_pbh(total[r]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb.y + (row + r) * pb.n + line * kLine), (__m256i)v);
+    }
+}
+
+// A group on AMX: each line's B tiles once, then its whole 16-row slices;
+// the rest of the rows on `run_group`. The caller has configured the tiles
+// on this thread.
+template <class F>
+INFERD_AMX_INT8_TARGET void amx_group(const Problem& pb, int64_t rows, int64_t l0, int64_t count) {
+    thread_local std::vector<uint8_t> buf;
+    const int64_t whole = rows / kTileRows * kTileRows;
+    for (int64_t l = l0; l < l0 + count; ++l) {
+        const uint8_t* tiles = b_tiles<F>(pb, pb.w + l * pb.blocks * F::kBlockBytes, buf);
+        for (int64_t r = 0; r < whole; r += kTileRows) amx_line<F>(pb, r, l, tiles);
+    }
+    if (whole < rows) run_group<F>(pb, whole, rows, l0, count);
+}
+
+// Tile state is per thread: configured before a thread's groups, released
+// after (a thread holding tile data saves 8 KiB more at each switch).
+struct TileScope {
+    explicit TileScope(bool on) : on(on) {
+        if (on) load();
+    }
+    ~TileScope() {
+        if (on) release();
+    }
+    TileScope(const TileScope&) = delete;
+    TileScope& operator=(const TileScope&) = delete;
+    INFERD_AMX_INT8_TARGET static void load() { _tile_loadconfig(&kTiles); }
+    INFERD_AMX_INT8_TARGET static void release() { _tile_release(); }
+    bool on;
+};
 
 // Work items (groups of kGroup lines) of a product with n outputs.
 inline int64_t groups_of(int64_t n) {
@@ -272,14 +404,24 @@ thread_local inferd_pool::Successors<Weight> successors;
 template <class F>
 void product(const Problem& pb, int64_t rows, const Weight& next) {
     const int64_t lines = pb.n / kLine, groups = groups_of(pb.n);
+    // Checked once: CPUID and the tile-state request.
+    static const bool amx = amx_int8_usable();
+    const bool tiles = amx && rows >= kTileRows;
     auto group = [&](int64_t g) {
-        const int64_t l0 = g * kGroup;
-        run_group<F>(pb, rows, l0, std::min(kGroup, lines - l0));
+        const int64_t l0 = g * kGroup, count = std::min(kGroup, lines - l0);
+        if (tiles) {
+            amx_group<F>(pb, rows, l0, count);
+        } else {
+            run_group<F>(pb, 0, rows, l0, count);
+        }
     };
     if (inferd_pool::active()) {
         inferd_pool::OwnedChunks owned(groups, inferd_pool::threads());
         auto body = [&](int t, int) {
-            owned.work(t, group);
+            {
+                const TileScope scope(tiles && t < owned.threads());
+                owned.work(t, group);
+            }
             if (next.bytes == 0 || t == 0 || t >= owned.threads()) {
                 inferd_pool::prefetch_after(nullptr, nullptr);
                 return;
@@ -294,6 +436,7 @@ void product(const Problem& pb, int64_t rows, const Weight& next) {
         inferd_pool::run(body);
     } else {
         at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+            const TileScope scope(tiles);
             for (int64_t g = g0; g < g1; ++g) group(g);
         });
     }

@@ -202,9 +202,10 @@ mod tests {
             let err = (all.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
             let scale = want.abs().max().double_value(&[]);
             assert!(err <= scale / 128.0, "{ty:?} [{n}, {k}]: max error {err} against a max magnitude {scale}");
-            // Every tile shape (rows 8 at a time, then 4, 2, 1) must give a
-            // row the same bits.
-            for (start, count) in [(0, 1), (5, 1), (0, 2), (3, 3), (1, 4), (0, 8), (9, 17), (60, 7)] {
+            // Every tile shape (16-row AMX tiles where the CPU has
+            // AMX-INT8, then rows 8 at a time, 4, 2, 1) must give a row the
+            // same bits.
+            for (start, count) in [(0, 1), (5, 1), (0, 2), (3, 3), (1, 4), (0, 8), (3, 16), (9, 17), (60, 7)] {
                 let part = w.forward(&x.narrow(0, start, count)).unwrap();
                 assert!(part.equal(&all.narrow(0, start, count)), "{ty:?} [{n}, {k}]: rows {start}..+{count} differ alone and in a batch");
             }

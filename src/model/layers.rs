@@ -21,7 +21,7 @@ pub struct Placement {
     pub device: Device,
     pub kind: Kind,
     /// Keep a GGUF file's Q4_0/Q4_1/Q8_0 linear weights in their blocks and
-    /// multiply them there (`quantization = "gguf"`; CPU, bf16, AVX512_BF16).
+    /// multiply them there (`quantization = "gguf"`; CPU, bf16, AVX512_BF16 and AVX512_VNNI).
     pub gguf_blocks: bool,
 }
 
