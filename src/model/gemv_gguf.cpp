@@ -162,6 +162,27 @@ INFERD_VNNI_TARGET void quantize_rows(const uint16_t* x, int64_t rows, int64_t k
         }
 }
 
+// A block's end for one (row, line), in `tile` and `amx_line` alike, so a
+// row gets the same bits from either: S = sum q (256 xq + rq) from the two
+// integer sums (exact, under 2^31; Q8_0 less its 128 offset), then
+// total += S (d s / 256), and for Q4 total += m s sum (xq + rq / 256).
+// `sc` is the block's f16 scales (then, for Q4, its minimums).
+template <class F>
+INFERD_VNNI_TARGET inline __m512 end_block(const Problem& pb, int64_t at, const uint8_t* sc, __m512i coarse, __m512i fine, __m512 total) {
+    // maskz with all lanes: the plain intrinsics trip GCC 12's
+    // -Wmaybe-uninitialized on their undefined pass-through operand.
+    __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, coarse, 8), fine);
+    if constexpr (!F::kMin) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(pb.offset[at]));
+    const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+    const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(pb.scale[at]));
+    total = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, sum), ds, total);
+    if constexpr (F::kMin) {
+        const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32)));
+        total = _mm512_fmadd_ps(m, _mm512_set1_ps(pb.scaled[at]), total);
+    }
+    return total;
+}
+
 // R rows x G lines. Each (row, line) keeps a running f32 total and an
 // integer block sum: 2 R G + a few registers live (R G <= 8 fits in 32).
 template <class F, int R, int G>
@@ -204,25 +225,10 @@ INFERD_VNNI_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
                     }
             }
         }
-        // The block's end: d s (the integer sum) into the total, plus, for
-        // Q4, m s sum xq.
         for (int g = 0; g < G; ++g) {
             const uint8_t* sc = base[g] + b * F::kBlockBytes + F::kVectors * 64;
-            // maskz with all lanes: the plain intrinsic trips GCC 12's
-            // -Wmaybe-uninitialized on its undefined pass-through operand.
-            const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
-            for (int r = 0; r < R; ++r) {
-                const int64_t at = (row + r) * pb.blocks + b;
-                // sum q (256 xq + rq): exact, under 2^31.
-                __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, acc[r][g], 8), fine[r][g]);
-                if constexpr (!F::kMin) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(pb.offset[at]));
-                const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(pb.scale[at]));
-                total[r][g] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, sum), ds, total[r][g]);
-                if constexpr (F::kMin) {
-                    const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32)));
-                    total[r][g] = _mm512_fmadd_ps(m, _mm512_set1_ps(pb.scaled[at]), total[r][g]);
-                }
-            }
+            for (int r = 0; r < R; ++r)
+                total[r][g] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, acc[r][g], fine[r][g], total[r][g]);
         }
     }
     // The totals rounded to bf16 (to nearest even) into y.
@@ -261,8 +267,8 @@ INFERD_VNNI_TARGET void run_group(const Problem& pb, int64_t r, int64_t rows, in
 
 // AMX-INT8 (Sapphire Rapids and later): 16 rows against one line per tile
 // product. TDPBSUD sums signed input bytes times unsigned weight bytes into
-// 32-bit lanes exactly, as VPDPBUSD does, and the block's end below is
-// `tile`'s, op for op, so a row gets the same bits from either: rows in
+// 32-bit lanes exactly, as VPDPBUSD does, and the block's end is `tile`'s
+// (end_block), so a row gets the same bits from either: rows in
 // whole 16-row tiles go here, the rest to `run_group`.
 constexpr int64_t kTileRows = 16;
 
@@ -332,20 +338,9 @@ INFERD_AMX_INT8_TARGET void amx_line(const Problem& pb, int64_t row, int64_t lin
         _tile_dpbsud(1, 3, 4);
         _tile_stored(0, coarse[h], 64);
         _tile_stored(1, fine[h], 64);
-        // `tile`'s block end, op for op.
         const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
-        const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
-        for (int r = 0; r < kTileRows; ++r) {
-            const int64_t at = (row + r) * pb.blocks + b;
-            __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, _mm512_load_si512(coarse[h][r]), 8), _mm512_load_si512(fine[h][r]));
-            if constexpr (!F::kMin) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(pb.offset[at]));
-            const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(pb.scale[at]));
-            total[r] = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, sum), ds, total[r]);
-            if constexpr (F::kMin) {
-                const __m512 m = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 32)));
-                total[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(pb.scaled[at]), total[r]);
-            }
-        }
+        for (int r = 0; r < kTileRows; ++r)
+            total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, _mm512_load_si512(coarse[h][r]), _mm512_load_si512(fine[h][r]), total[r]);
     }
     for (int r = 0; r < kTileRows; ++r) {
         const __m256bh v = _mm512_cvtneps_pbh(total[r]);
@@ -464,8 +459,7 @@ void inferd_rows::gemv_gguf(const bf16* x, int64_t rows, const uint8_t* w, int64
 
 bool inferd_rows::gemv_gguf_usable() {
 #if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vnni");
+    return inferd_cpu::cpu_has_avx512_bf16() && __builtin_cpu_supports("avx512vnni");
 #else
     return false;
 #endif
