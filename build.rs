@@ -68,7 +68,7 @@ fn compile_shims(torch: &Path) {
         "src/model/parallel_for.cpp",
         "src/model/decode_stack.cpp",
     ];
-    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h", "src/model/row_kernels.h"]) {
+    for src in SRCS.iter().chain(&["src/model/shim_error.h", "src/model/cpu_kernels.h", "src/model/boxed_op.h", "src/model/cpu_pool.h", "src/model/decode_attention_bf16.h", "src/model/softmax_bf16.h", "src/model/owned_chunks.h", "src/model/row_kernels.h", "src/model/amx_tiles.h"]) {
         println!("cargo:rerun-if-changed={src}");
     }
     let include = torch.join("include");

@@ -33,6 +33,7 @@
 #include <mutex>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "cpu_pool.h"
 #include "owned_chunks.h"
 #include "row_kernels.h"
@@ -43,38 +44,11 @@
 namespace {
 
 constexpr int64_t kBlock = 64;     // outputs per packed block: four C tiles
-constexpr int64_t kTileRows = 16;  // rows per A and C tile
-constexpr int64_t kTileK = 32;     // bf16 inputs per A tile row (16 pairs)
+using inferd_amx::kConfigs;
+using inferd_amx::kTileK;
+using inferd_amx::kTileRows;
+using inferd_amx::TileConfig;
 constexpr int64_t kPairBytes = 256;
-
-// LDTILECFG's 64-byte operand (palette 1).
-struct alignas(64) TileConfig {
-    uint8_t palette = 1;
-    uint8_t start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
-// tmm0-3: C, `rows` rows x 16 f32; tmm4: A, `rows` rows x 32 bf16; tmm5-6:
-// B, 16 pairs x 16 outputs x 2 bf16 (two, so a load overlaps a product).
-TileConfig tiles_of(int rows) {
-    TileConfig c;
-    for (int t = 0; t < 7; ++t) {
-        c.rows[t] = t < 5 ? rows : kTileRows;
-        c.colsb[t] = 64;
-    }
-    return c;
-}
-
-// Tiles of 1 to 16 rows (index 0 unused).
-struct Configs {
-    TileConfig of[kTileRows + 1];
-    Configs() {
-        for (int r = 1; r <= kTileRows; ++r) of[r] = tiles_of(r);
-    }
-};
-const Configs kConfigs;
 
 // CPUID.(7,0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE; XCR0 bits 17-18 the
 // OS saves tile state; then Linux must grant this process the tile data

@@ -9,7 +9,8 @@
 //! eager ops round, so results match the eager path bit for bit except where
 //! the order of a norm's f32 sum of squares moves the result by an ulp.
 //! `chunk_attention.cpp` attends a prefill chunk over its cached prefix in
-//! the pools (bf16 with AVX512-BF16). `decode_attention.cpp` attends one query per sequence from the pools,
+//! the pools (bf16 with AVX512-BF16; its products on AMX tiles where the CPU
+//! has them, unless `INFERD_AMX=off`). `decode_attention.cpp` attends one query per sequence from the pools,
 //! one kv head's query heads over 256 positions per thread item (longer
 //! contexts combined per head), within 0.02 of SDPA.
 //! The layers use it on CPU for bf16 and f16; f32 (whose parity with
@@ -50,9 +51,23 @@ pub fn chunk_attention_applies(q: &Tensor, head_dim: i64) -> bool {
 /// holding the chunk's K/V), found through `table` (int64 block ids).
 /// Returns [len, heads, D], within 0.02 of SDPA.
 pub fn chunk_attention(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, table: &Tensor, ctx: i64, scale: f64) -> Result<Tensor, TchError> {
+    chunk_attention_on(q, k_pool, v_pool, table, ctx, scale, chunk_attention_amx())
+}
+
+/// Whether chunk attention's products run on AMX tiles: the CPU has them and
+/// `INFERD_AMX=off` does not keep the AVX-512 kernels (read once).
+fn chunk_attention_amx() -> bool {
+    static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: a pure query of the CPU's features.
+    *AMX.get_or_init(|| super::amx_bf16::wanted() && unsafe { ffi::chunk_attention_amx_available() } == 1)
+}
+
+/// `chunk_attention` on the AMX tiles (`amx`, an error where the CPU lacks
+/// them) or the AVX-512 products.
+fn chunk_attention_on(q: &Tensor, k_pool: &Tensor, v_pool: &Tensor, table: &Tensor, ctx: i64, scale: f64, amx: bool) -> Result<Tensor, TchError> {
     // SAFETY: live handles for the whole call; the shim checks kinds, shapes,
     // the length and every block id it reads before it reads the pools.
-    let ptr = unsafe { ffi::chunk_attention(q.as_ptr().cast(), k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), table.as_ptr().cast(), ctx, scale) };
+    let ptr = unsafe { ffi::chunk_attention(q.as_ptr().cast(), k_pool.as_ptr().cast(), v_pool.as_ptr().cast(), table.as_ptr().cast(), ctx, scale, i64::from(amx)) };
     if ptr.is_null() {
         return Err(last_error());
     }
@@ -154,8 +169,10 @@ mod ffi {
         pub fn silu_mul(gu: *const c_void, inter: i64) -> *mut c_void;
         #[link_name = "inferd_chunk_attention_available"]
         pub fn chunk_attention_available() -> c_int;
+        #[link_name = "inferd_chunk_attention_amx_available"]
+        pub fn chunk_attention_amx_available() -> c_int;
         #[link_name = "inferd_chunk_attention"]
-        pub fn chunk_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, table: *const c_void, ctx: i64, scale: f64) -> *mut c_void;
+        pub fn chunk_attention(q: *const c_void, k_pool: *const c_void, v_pool: *const c_void, table: *const c_void, ctx: i64, scale: f64, amx: i64) -> *mut c_void;
         #[link_name = "inferd_fused_cpu_last_error"]
         pub fn last_error() -> *const c_char;
     }
@@ -183,7 +200,10 @@ mod ffi {
     pub unsafe fn chunk_attention_available() -> c_int {
         0
     }
-    pub unsafe fn chunk_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: i64, _: f64) -> *mut c_void {
+    pub unsafe fn chunk_attention_amx_available() -> c_int {
+        0
+    }
+    pub unsafe fn chunk_attention(_: *const c_void, _: *const c_void, _: *const c_void, _: *const c_void, _: i64, _: f64, _: i64) -> *mut c_void {
         std::ptr::null_mut()
     }
 }
@@ -384,7 +404,10 @@ mod tests {
             eprintln!("no AVX512-BF16 on this CPU (or no shim): chunk attention is not used, SDPA is");
             return;
         }
-        for d in [64i64, 128] {
+        // Both kernels where the CPU has AMX: the tiles and the AVX-512 products.
+        // SAFETY: a pure query of the CPU's features.
+        let paths: &[bool] = if unsafe { ffi::chunk_attention_amx_available() } == 1 { &[true, false] } else { &[false] };
+        for (&amx, d) in paths.iter().flat_map(|amx| [64i64, 128].map(|d| (amx, d))) {
             tch::manual_seed(11);
             let (heads, kv, bs, blocks) = (9, 3, 16, 80);
             let k_pool = rand(&[blocks, bs, kv, d], Kind::BFloat16);
@@ -395,15 +418,20 @@ mod tests {
             for (len, ctx) in [(37i64, 37i64), (1, 300), (130, 642), (16, 16), (50, 1000), (17, 49)] {
                 let nb = (ctx + bs - 1) / bs;
                 let table = Tensor::from_slice(&(0..nb).map(|b| (b * 13 + 5) % blocks).collect::<Vec<_>>());
-                let q = rand(&[len, heads + 2 * kv, d], Kind::BFloat16).narrow(1, 0, heads);
+                let prompt = rand(&[ctx, heads + 2 * kv, d], Kind::BFloat16).narrow(1, 0, heads);
+                let q = prompt.narrow(0, ctx - len, len);
                 let scale = 1.0 / (d as f64).sqrt();
-                let got = chunk_attention(&q, &k_pool, &v_pool, &table, ctx, scale).unwrap();
+                let got = chunk_attention_on(&q, &k_pool, &v_pool, &table, ctx, scale, amx).unwrap();
                 assert_eq!(got.size(), [len, heads, d]);
                 let pooled = {
                     let _pool = crate::model::cpu_pool::PoolScope::enter();
-                    chunk_attention(&q, &k_pool, &v_pool, &table, ctx, scale).unwrap()
+                    chunk_attention_on(&q, &k_pool, &v_pool, &table, ctx, scale, amx).unwrap()
                 };
-                assert!(pooled.equal(&got), "d={d} len={len} ctx={ctx}: the decode pool's result differs");
+                assert!(pooled.equal(&got), "amx={amx} d={d} len={len} ctx={ctx}: the decode pool's result differs");
+                // The chunk's rows are the whole prompt's last rows, bit for
+                // bit: prefix reuse and chunked prefill do not change them.
+                let whole = chunk_attention_on(&prompt, &k_pool, &v_pool, &table, ctx, scale, amx).unwrap();
+                assert!(whole.narrow(0, ctx - len, len).equal(&got), "amx={amx} d={d} len={len} ctx={ctx}: the chunk differs from the whole prompt");
                 let keys = |pool: &Tensor| pool.index_select(0, &table).view([-1, kv, d]).narrow(0, 0, ctx).transpose(0, 1).unsqueeze(0).repeat_interleave_self_int(heads / kv, 1, None);
                 let qpos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).unsqueeze(1) + (ctx - len);
                 let mask = Tensor::arange(ctx, (Kind::Int64, Device::Cpu)).unsqueeze(0).le_tensor(&qpos).view([1, 1, len, ctx]);
@@ -411,15 +439,15 @@ mod tests {
                     .squeeze_dim(0)
                     .transpose(0, 1);
                 let diff = (got.to_kind(Kind::Float) - want.to_kind(Kind::Float)).abs().max().double_value(&[]);
-                assert!(diff <= 0.02, "d={d} len={len} ctx={ctx}: max difference {diff} from SDPA");
+                assert!(diff <= 0.02, "amx={amx} d={d} len={len} ctx={ctx}: max difference {diff} from SDPA");
                 // The last query sees the whole context: a later key must matter.
                 assert!(got.abs().sum(Kind::Float).double_value(&[]) > 0.0);
             }
             let table = Tensor::from_slice(&[0i64, 1]);
             let q = rand(&[4, heads, d], Kind::BFloat16);
-            let err = chunk_attention(&q, &k_pool, &v_pool, &table, 33, 0.1).unwrap_err();
+            let err = chunk_attention_on(&q, &k_pool, &v_pool, &table, 33, 0.1, amx).unwrap_err();
             assert!(err.to_string().contains("chunk of 4 over context 33 outside 1..=32"), "{err}");
-            let err = chunk_attention(&q, &k_pool, &v_pool, &Tensor::from_slice(&[0i64, 80]), 32, 0.1).unwrap_err();
+            let err = chunk_attention_on(&q, &k_pool, &v_pool, &Tensor::from_slice(&[0i64, 80]), 32, 0.1, amx).unwrap_err();
             assert!(err.to_string().contains("block 80 outside the pool's 80"), "{err}");
         }
     }
