@@ -39,8 +39,6 @@
 #include "row_kernels.h"
 #include "shim_error.h"
 
-#define INFERD_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-
 namespace {
 
 constexpr int64_t kBlock = 64;     // outputs per packed block: four C tiles

@@ -9,6 +9,9 @@
 
 #include <cstdint>
 
+// What a function that runs tile instructions is compiled for.
+#define INFERD_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
+
 namespace inferd_amx {
 
 constexpr int64_t kTileRows = 16;  // rows per A and C tile

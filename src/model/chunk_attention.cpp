@@ -45,8 +45,6 @@
 #include "row_kernels.h"
 #include "softmax_bf16.h"
 
-#define INFERD_AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16")))
-
 namespace {
 
 using namespace inferd_cpu;
@@ -168,8 +166,10 @@ INFERD_BF16_TARGET void weigh_all(const uint32_t* vp, const uint32_t* const* pro
 
 // Scores of one head's `rows` (<= 16) query positions, the first at q
 // (positions qs values apart), against keys [0, keys): written scaled to
-// sc ([rows][keys]). The tiles are configured for `rows` rows.
+// sc ([rows][keys]), each 32 keys scaled while they are still in L1. The
+// tiles are configured for `rows` rows.
 INFERD_AMX_TARGET void amx_scores(const Chunk& c, const uint32_t* kt, const uint16_t* q, int64_t rows, int64_t keys, float* sc) {
+    const __m512 scale = _mm512_set1_ps(c.scale);
     for (int64_t k0 = 0; k0 < keys; k0 += 32) {
         _tile_zero(0);
         _tile_zero(1);
@@ -183,10 +183,9 @@ INFERD_AMX_TARGET void amx_scores(const Chunk& c, const uint32_t* kt, const uint
         }
         _tile_stored(0, sc + k0, keys * 4);
         _tile_stored(1, sc + k0 + 16, keys * 4);
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t p = k0; p < k0 + 32; p += 16) _mm512_storeu_ps(sc + r * keys + p, _mm512_mul_ps(_mm512_loadu_ps(sc + r * keys + p), scale));
     }
-    const __m512 scale = _mm512_set1_ps(c.scale);
-    for (int64_t r = 0; r < rows; ++r)
-        for (int64_t p = 0; p < keys; p += 16) _mm512_storeu_ps(sc + r * keys + p, _mm512_mul_ps(_mm512_loadu_ps(sc + r * keys + p), scale));
 }
 
 // out[r] = P[r] . V / sums[r] for one head's `rows` (<= 16) rows, rounded to
