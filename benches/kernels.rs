@@ -7,7 +7,8 @@
 //! - rotary in place on the fused qkv rows, at 1, 64 and 512 rows;
 //! - paged decode attention at 200 cached positions for 1, 16 and 64
 //!   sequences, against the eager path (gather the blocks, then SDPA with a
-//!   key mask, as `attention.rs` does where the kernel does not apply);
+//!   key mask, as `attention.rs` does where the kernel does not apply), and
+//!   at 704 positions for 16 sequences through 30 layers' pools, in bytes/s;
 //! - a prefill chunk's attention over its cached prefix (130 new positions
 //!   over 642, as in the compare's shared-prefix workload, 512 over 1024)
 //!   and a first chunk (512 and 128 positions), `chunk_attention.cpp`
@@ -138,6 +139,52 @@ fn decode_attention(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Decode attention at the shared-prefix workload's contexts: 16 sequences at
+/// 704 positions through 30 layers' pools back to back (259 MB of K/V in
+/// bf16, 518 MB in f32, far beyond the L2, as a step leaves them), to hold
+/// the kernel's bytes/s against the machine's read bandwidth
+/// (`benches/compare/membw.c`).
+fn decode_attention_long(c: &mut Criterion) {
+    let _mode = InferenceMode::enter();
+    const LAYERS: usize = 30;
+    let (n, ctx) = (16i64, 704i64);
+    let nb = (ctx + BLOCK - 1) / BLOCK;
+    let pool_blocks = n * nb + 1;
+    // Blocks scattered over the pool, as the block manager leaves them.
+    let table: Vec<i64> = (0..n * nb).map(|j| (j * 37) % pool_blocks).collect();
+    let tables = Tensor::from_slice(&table);
+    let lens = Tensor::from_slice(&vec![ctx; n as usize]);
+    let scale = 1.0 / (HEAD_DIM as f64).sqrt();
+    for (name, kind) in [("bf16", Kind::BFloat16), ("f32", Kind::Float)] {
+        let make = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)).to_kind(kind);
+        if !fused_cpu::attention_applies(&make(&[1])) {
+            continue;
+        }
+        let pools: Vec<(Tensor, Tensor)> = (0..LAYERS)
+            .map(|_| (make(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM]), make(&[pool_blocks, BLOCK, KV_HEADS, HEAD_DIM])))
+            .collect();
+        let q = make(&[n, HEADS, HEAD_DIM]);
+        let bytes = LAYERS as u64 * 2 * (n * ctx * KV_HEADS * HEAD_DIM) as u64 * kind.elt_size_in_bytes() as u64;
+        let mut group = c.benchmark_group(format!("decode_attention_{name}_ctx704_30_layers"));
+        group.measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_millis(500)).sample_size(20);
+        group.throughput(Throughput::Bytes(bytes));
+        // A decode step runs on the decode pool; a step with a prefill chunk
+        // in it on libtorch's threads (`Model::forward`).
+        for pooled in [true, false] {
+            let threads = if pooled { "decode_pool" } else { "libtorch_threads" };
+            group.bench_function(BenchmarkId::new(threads, n), |b| {
+                b.iter(|| {
+                    let _pool = pooled.then(PoolScope::enter);
+                    for (k, v) in &pools {
+                        let _out = fused_cpu::decode_attention(&q, k, v, &tables, &lens, scale).expect("decode attention");
+                    }
+                })
+            });
+        }
+        group.finish();
+    }
 }
 
 /// A prefill chunk's attention over its cached prefix (prefix caching, or a
@@ -314,5 +361,5 @@ fn layer_stream(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, norm_and_rotary, decode_attention, chunk_attention, decode_rows, weight_stream, layer_stream);
+criterion_group!(benches, norm_and_rotary, decode_attention, decode_attention_long, chunk_attention, decode_rows, weight_stream, layer_stream);
 criterion_main!(benches);

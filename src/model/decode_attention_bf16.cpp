@@ -32,9 +32,13 @@ using namespace inferd_cpu;
 
 constexpr int64_t kMaxGroup = 16;
 
-// Position p's row of kv head `kv_off` in a paged pool.
+// Position p's row of kv head `kv_off` in a paged pool. BS is the block size
+// when known at compile time (0: `block_size`), which turns the division per
+// row into a shift.
+template <int64_t BS>
 inline const uint16_t* row_at(const uint16_t* pool, const int64_t* table, int64_t block_size, int64_t rec, int64_t kv_off, int64_t p) {
-    return pool + (table[p / block_size] * block_size + p % block_size) * rec + kv_off;
+    const int64_t bs = BS != 0 ? BS : block_size;
+    return pool + (table[p / bs] * bs + p % bs) * rec + kv_off;
 }
 
 // Positions ahead whose key rows the score loop asks for. A decode step's
@@ -49,15 +53,15 @@ inline void prefetch_row(const uint16_t* row, int64_t d) {
 
 // sc[h * len + i] = scale * q_h . k_{p0 + i} for the group's heads (NK key
 // vectors of 32 bf16 per row).
-template <int NK>
+template <int NK, int64_t BS>
 INFERD_BF16_TARGET void scores(const uint16_t* q, int64_t group, const uint16_t* k_pool, const uint16_t* v_pool, const int64_t* table, int64_t block_size,
                                int64_t rec, int64_t kv_off, int64_t p0, int64_t p1, float scale, float* sc, f32x16* stash) {
     const int64_t len = p1 - p0, d = 32 * NK;
     const __m512 sv = _mm512_set1_ps(scale);
     for (int64_t i = 0; i < len; ++i) {
-        const uint16_t* k = row_at(k_pool, table, block_size, rec, kv_off, p0 + i);
-        if (i + kAhead < len) prefetch_row(row_at(k_pool, table, block_size, rec, kv_off, p0 + i + kAhead), d);
-        prefetch_row(row_at(v_pool, table, block_size, rec, kv_off, p0 + i), d);
+        const uint16_t* k = row_at<BS>(k_pool, table, block_size, rec, kv_off, p0 + i);
+        if (i + kAhead < len) prefetch_row(row_at<BS>(k_pool, table, block_size, rec, kv_off, p0 + i + kAhead), d);
+        prefetch_row(row_at<BS>(v_pool, table, block_size, rec, kv_off, p0 + i), d);
         __m512bh kv[NK];
         for (int j = 0; j < NK; ++j) kv[j] = (__m512bh)_mm512_loadu_si512(k + 32 * j);
         const int64_t slot = i & 15;
@@ -81,15 +85,15 @@ INFERD_BF16_TARGET void scores(const uint16_t* q, int64_t group, const uint16_t*
 // acc[h] (NK * 2 vectors, dimensions in interleave order) += P_h . V over
 // positions p0 .. p1, two positions per step, for H heads of probabilities
 // prob + h * pstride.
-template <int NK, int H>
+template <int NK, int H, int64_t BS>
 INFERD_BF16_TARGET void weigh(const uint16_t* prob, int64_t pstride, int64_t heads, const uint16_t* v_pool, const int64_t* table,
                               int64_t block_size, int64_t rec, int64_t kv_off, int64_t p0, int64_t p1, __m512* out) {
     __m512 acc[H * 2 * NK];
     for (auto& a : acc) a = _mm512_setzero_ps();
     const int64_t len = p1 - p0;
     for (int64_t i = 0; i < len; i += 2) {
-        const uint16_t* a = row_at(v_pool, table, block_size, rec, kv_off, p0 + i);
-        const uint16_t* b = i + 1 < len ? row_at(v_pool, table, block_size, rec, kv_off, p0 + i + 1) : nullptr;
+        const uint16_t* a = row_at<BS>(v_pool, table, block_size, rec, kv_off, p0 + i);
+        const uint16_t* b = i + 1 < len ? row_at<BS>(v_pool, table, block_size, rec, kv_off, p0 + i + 1) : nullptr;
 
         __m512bh lo[NK], hi[NK];
         for (int j = 0; j < NK; ++j) {
@@ -120,7 +124,7 @@ INFERD_BF16_TARGET void weigh(const uint16_t* prob, int64_t pstride, int64_t hea
         }
 }
 
-template <int NK>
+template <int NK, int64_t BS>
 INFERD_BF16_TARGET void attend_nk(const uint16_t* q, int64_t group, const uint16_t* k_pool, const uint16_t* v_pool, int64_t kv_off,
                                   int64_t rec, const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, float scale,
                                   uint16_t* out, float* part, int64_t part_stride, std::vector<float>& buf) {
@@ -140,12 +144,12 @@ INFERD_BF16_TARGET void attend_nk(const uint16_t* q, int64_t group, const uint16
     auto* prob = reinterpret_cast<uint16_t*>(sc + group * len);
     float* maxes = sc + group * len + group * plen / 2;
     float* sums = maxes + group;
-    scores<NK>(q, group, k_pool, v_pool, table, block_size, rec, kv_off, p0, p1, scale, sc, stash);
+    scores<NK, BS>(q, group, k_pool, v_pool, table, block_size, rec, kv_off, p0, p1, scale, sc, stash);
     for (int64_t h = 0; h < group; ++h) maxes[h] = softmax<true>(sc + h * len, len, prob + h * plen, sums + h);
     auto* acc = reinterpret_cast<__m512*>(accs);
     for (int64_t h0 = 0; h0 < group; h0 += H) {
         const int64_t hn = std::min<int64_t>(H, group - h0);
-        weigh<NK, H>(prob + h0 * plen, plen, hn, v_pool, table, block_size, rec, kv_off, p0, p1, acc);
+        weigh<NK, H, BS>(prob + h0 * plen, plen, hn, v_pool, table, block_size, rec, kv_off, p0, p1, acc);
         for (int64_t h = 0; h < hn; ++h) {
             const __m512* a = acc + h * 2 * NK;
             if (out != nullptr) {
@@ -175,10 +179,16 @@ bool applies(int64_t d, int64_t group) {
 void attend(const uint16_t* q, int64_t d, int64_t group, const uint16_t* k_pool, const uint16_t* v_pool, int64_t kv_off, int64_t rec,
             const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, float scale, uint16_t* out, float* part,
             int64_t part_stride, std::vector<float>& buf) {
-    if (d == 64)
-        attend_nk<2>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
+    // 16, the default block size, as a constant: the row lookups shift
+    // instead of dividing (3% at 704 positions, 11% with the K/V in L3).
+    if (d == 64 && block_size == 16)
+        attend_nk<2, 16>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
+    else if (d == 64)
+        attend_nk<2, 0>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
+    else if (block_size == 16)
+        attend_nk<4, 16>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
     else
-        attend_nk<4>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
+        attend_nk<4, 0>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
 }
 
 }  // namespace inferd_decode_bf16

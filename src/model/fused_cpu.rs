@@ -346,21 +346,34 @@ mod tests {
     fn decode_attention_matches_sdpa_over_gathered_keys() {
         // bf16 and f32 at head dims 64 and 128 take the vector loops (128 is
         // LLaMA's); head dim 40 and f16 the scalar ones.
-        for (kind, d) in [(Kind::BFloat16, 64), (Kind::BFloat16, 128), (Kind::BFloat16, 40), (Kind::Half, 64), (Kind::Float, 64), (Kind::Float, 40)] {
-            decode_attention_matches_sdpa(kind, d);
+        // Blocks of 16 positions are a compile-time constant in the bf16
+        // kernel; 8 takes its general lookups.
+        for (kind, d, bs) in [
+            (Kind::BFloat16, 64, 16),
+            (Kind::BFloat16, 64, 8),
+            (Kind::BFloat16, 128, 16),
+            (Kind::BFloat16, 40, 16),
+            (Kind::Half, 64, 16),
+            (Kind::Float, 64, 16),
+            (Kind::Float, 40, 16),
+        ] {
+            decode_attention_matches_sdpa(kind, d, bs);
         }
     }
 
-    fn decode_attention_matches_sdpa(kind: Kind, d: i64) {
+    fn decode_attention_matches_sdpa(kind: Kind, d: i64, bs: i64) {
         tch::manual_seed(5);
-        let (heads, kv, bs, blocks) = (9, 3, 16, 40);
+        // 608 positions per sequence's table, over a few more blocks.
+        let (heads, kv, nb) = (9, 3, 608 / bs);
+        let blocks = nb + 2;
         let k_pool = rand(&[blocks, bs, kv, d], kind);
         let v_pool = rand(&[blocks, bs, kv, d], kind);
         // Sequences of different lengths over scattered blocks: within one
         // partition of 256 positions, exactly one, one and one position, two,
         // and more than 512 positions (past the flash kernel's first key block).
+        // The batch has enough partitions for items of every kv head of one
+        // partition; a sequence alone has items of one kv head.
         let lens = [1i64, 37, 256, 257, 512, 600];
-        let nb = 38;
         let mut tables = vec![0i64; lens.len() * nb as usize];
         for (i, len) in lens.iter().enumerate() {
             for b in 0..(len + bs - 1) / bs {
@@ -387,10 +400,10 @@ mod tests {
             let want = Tensor::scaled_dot_product_attention(&qi, &keys(&k_pool), &keys(&v_pool), None::<Tensor>, 0.0, false, scale, false).reshape([heads, d]);
             let diff = (got.get(i as i64).to_kind(Kind::Float) - want.to_kind(Kind::Float)).abs().max().double_value(&[]);
             let tol = if kind == Kind::Float { 1e-6 } else { 0.02 };
-            assert!(diff <= tol, "{kind:?} d={d}, sequence {i} (ctx {len}): max difference {diff} from SDPA");
+            assert!(diff <= tol, "{kind:?} d={d} bs={bs}, sequence {i} (ctx {len}): max difference {diff} from SDPA");
             // A sequence alone gives the same bits as in the batch.
             let alone = decode_attention(&q.narrow(0, i as i64, 1), &k_pool, &v_pool, &rows, &ctx.narrow(0, i as i64, 1), scale).unwrap();
-            assert!(alone.equal(&got.narrow(0, i as i64, 1)), "{kind:?} d={d}: sequence {i} alone differs from the batch");
+            assert!(alone.equal(&got.narrow(0, i as i64, 1)), "{kind:?} d={d} bs={bs}: sequence {i} alone differs from the batch");
         }
         let bad = Tensor::from_slice(&[1i64, 37, 256, 257, 512, 609]);
         let err = decode_attention(&q, &k_pool, &v_pool, &tab, &bad, scale).unwrap_err();
