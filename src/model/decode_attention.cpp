@@ -370,12 +370,13 @@ void attend_all(const T* qp, int64_t qs, int64_t n, int64_t heads, int64_t d, co
     // Enough items (a batch, or long contexts): one item takes every kv head
     // of its partition, one after the other. A position's rows of all kv
     // heads are one contiguous record, and the hardware prefetcher, which
-    // runs ahead within a page, fetches the other heads' lines while the
-    // first head reads its own: they are then read from L2 instead of
-    // memory. Items of one kv head each read two lines of every six, and
-    // the record's other lines were fetched again by whichever thread took
-    // their item. 16 sequences at 704 positions (benches/kernels.rs,
-    // decode_attention_*_ctx704_30_layers, bf16): 12.4-12.6 -> 15.3-16.1
+    // runs ahead within a page, most likely fetches the other heads' lines
+    // while the first head reads its own: they are then read from L2 instead
+    // of memory. Items of one kv head each read two lines of every six
+    // (SmolLM2 in bf16), and the record's other lines were fetched again by
+    // whichever thread took their item. 16 sequences at 704 positions
+    // (benches/kernels.rs, decode_attention_*_ctx704_30_layers, bf16, with
+    // the bf16 kernel's shift for 16-position blocks): 12.5-12.8 -> 15.4-16.0
     // GiB/s. The work split only; no sum changes.
     const int64_t kv_per_item = splits == 1 && first_item[n] / kvh >= 4 * threads ? kvh : 1;
     partials.resize(static_cast<size_t>(floats));
