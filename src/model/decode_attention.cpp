@@ -6,12 +6,12 @@
 // every thread; a context of several partitions is then combined per head
 // (flash decoding). With items to spare (a batch), one item takes every kv
 // head of its partition in turn, which reads each position's record of all
-// kv heads from one place (see attend_all). Items run on the decode pool or libtorch's threads, and
-// neither the batch nor the thread changes a result (batched greedy decoding
-// relies on that). bf16 on CPUs with AVX512-BF16 at head dims 64 and 128
-// takes decode_attention_bf16.cpp's item (vdpbf16ps products). Otherwise, for
-// bf16 and f32 with head dims 64 and 128 the loops are
-// written with explicit 16-lane vectors, sixteen positions' dot products
+// kv heads from one place (see attend_all). Items run on the decode pool or
+// libtorch's threads, and neither the batch nor the thread changes a result
+// (batched greedy decoding relies on that). bf16 on CPUs with AVX512-BF16 at
+// head dims 64 and 128 takes decode_attention_bf16.cpp's item (vdpbf16ps
+// products). Otherwise, for bf16 and f32 with head dims 64 and 128 the loops
+// are written with explicit 16-lane vectors, sixteen positions' dot products
 // reduced at once; other shapes and f16 take scalar loops that compute the
 // same sums in the same order.
 //

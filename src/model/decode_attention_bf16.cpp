@@ -180,7 +180,8 @@ void attend(const uint16_t* q, int64_t d, int64_t group, const uint16_t* k_pool,
             const int64_t* table, int64_t block_size, int64_t p0, int64_t p1, float scale, uint16_t* out, float* part,
             int64_t part_stride, std::vector<float>& buf) {
     // 16, the default block size, as a constant: the row lookups shift
-    // instead of dividing (3% at 704 positions, 11% with the K/V in L3).
+    // instead of dividing (1-3% at 704 positions from memory, 11-13% with
+    // the K/V in L3; benches/kernels.rs).
     if (d == 64 && block_size == 16)
         attend_nk<2, 16>(q, group, k_pool, v_pool, kv_off, rec, table, block_size, p0, p1, scale, out, part, part_stride, buf);
     else if (d == 64)
