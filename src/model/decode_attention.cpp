@@ -385,10 +385,10 @@ void attend_all(const T* qp, int64_t qs, int64_t n, int64_t heads, int64_t d, co
         const int64_t split_of = item % splits;
         item = item / splits * kv_per_item;
         const int64_t i = std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1;
-        const int64_t local = item - first_item[i], j = local / kvh;
+        const int64_t local = item - first_item[i], j = local / kvh, g0 = local % kvh;
         const int64_t parts = parts_of(i);
         const int64_t p0 = j * kPartition, p1 = std::min(lens[i], p0 + kPartition);
-        for (int64_t g = local % kvh; g < local % kvh + kv_per_item; ++g) {
+        for (int64_t g = g0; g < g0 + kv_per_item; ++g) {
             const int64_t h0 = g * group + split_of * per_item;
             T* o = parts == 1 ? op + (i * heads + h0) * d : nullptr;
             float* pt = parts == 1 ? nullptr : pp + part_at[i] + (h0 * parts + j) * stride;

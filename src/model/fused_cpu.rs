@@ -371,9 +371,10 @@ mod tests {
         // Sequences of different lengths over scattered blocks: within one
         // partition of 256 positions, exactly one, one and one position, two,
         // and more than 512 positions (past the flash kernel's first key block).
-        // The batch has enough partitions for items of every kv head of one
-        // partition; a sequence alone has items of one kv head.
-        let lens = [1i64, 37, 256, 257, 512, 600];
+        // Seven rounds of them make 70 partitions, enough for items of every kv
+        // head of one partition on up to 17 threads; a sequence alone has items
+        // of one kv head, so the bit check below compares the two splits.
+        let lens = [1i64, 37, 256, 257, 512, 600].repeat(7);
         let mut tables = vec![0i64; lens.len() * nb as usize];
         for (i, len) in lens.iter().enumerate() {
             for b in 0..(len + bs - 1) / bs {
@@ -405,7 +406,11 @@ mod tests {
             let alone = decode_attention(&q.narrow(0, i as i64, 1), &k_pool, &v_pool, &rows, &ctx.narrow(0, i as i64, 1), scale).unwrap();
             assert!(alone.equal(&got.narrow(0, i as i64, 1)), "{kind:?} d={d} bs={bs}: sequence {i} alone differs from the batch");
         }
-        let bad = Tensor::from_slice(&[1i64, 37, 256, 257, 512, 609]);
+        let mut bad = lens.clone();
+        if let Some(last) = bad.last_mut() {
+            *last = 609;
+        }
+        let bad = Tensor::from_slice(&bad);
         let err = decode_attention(&q, &k_pool, &v_pool, &tab, &bad, scale).unwrap_err();
         assert!(err.to_string().contains("context length 609 outside 1..=608"), "{err}");
     }
