@@ -8,7 +8,8 @@
 //! bounded overtaking; a prefix-cache lookup at admission skips the cached
 //! part of the prompt, and a prompt sharing blocks that a running prefill is
 //! still computing waits until they are cached rather than computing them a
-//! second time).
+//! second time, unless fewer of them are missing than it has tokens of its
+//! own).
 //! A prompt longer than the budget left is split across steps (chunked
 //! prefill), so one long prompt never stalls the decodes of everyone else.
 //!
@@ -563,6 +564,13 @@ impl Scheduler {
 /// queue behind it only while that prefill runs, which makes progress every
 /// step (prefills are planned before admission), so nothing starves.
 /// Only with prefix caching on: without it the blocks are never shared.
+///
+/// Waiting costs at least a step, so it is worth it only while the shared
+/// part still missing is larger than `seq`'s own part: once the other
+/// prefill has most of the shared blocks cached (its last chunk straddles a
+/// step), `seq` is admitted with that partial hit and computes the few
+/// missing shared tokens itself, at most doubling its own prefill (the
+/// cache keeps one of the two copies of those blocks).
 fn awaits_shared_prefill(running: &[Sequence], blocks: &BlockManager, seq: &Sequence) -> bool {
     let bs = blocks.block_size();
     let tokens = seq.all_tokens();
@@ -576,6 +584,6 @@ fn awaits_shared_prefill(running: &[Sequence], blocks: &BlockManager, seq: &Sequ
             return false;
         }
         let cached = *cached.get_or_insert_with(|| blocks.cached_prefix_tokens(tokens));
-        shared > cached
+        shared.saturating_sub(cached) > tokens.len() - shared
     })
 }

@@ -394,6 +394,36 @@ fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
 }
 
 #[test]
+fn a_shared_prefix_nearly_cached_is_not_waited_for() {
+    // As above, but 2 has 8 tokens of its own: after the first step one
+    // shared block of three is still missing, fewer tokens than its own, so
+    // it is admitted with the two cached blocks and computes the third
+    // itself beside 1's last chunk; the cache keeps one copy of it.
+    let (mut s, mut m) = (Scheduler::new(cfg(64, 10, 8)).unwrap(), FakeModel::default());
+    let mut p1 = prompt(1, 12);
+    p1.extend([6, 6, 6, 6]);
+    m.add(&mut s, 1, Priority::Batch, p1, 2);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 0, 10, false)]);
+    let mut p2 = prompt(1, 12);
+    p2.extend([7; 8]);
+    m.add(&mut s, 2, Priority::Batch, p2, 1);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(1, 10, 6, true), (2, 8, 4, false)]);
+    assert_eq!(b.seqs[0].block_table[..2], b.seqs[1].block_table[..2]);
+    assert_ne!(b.seqs[0].block_table[2], b.seqs[1].block_table[2], "2 computes its own copy of the third block");
+    let finished = run_until_idle(&mut s, &mut m);
+    assert_eq!(finished.len(), 2);
+    // The cache kept one copy of the shared blocks: a third prompt hits all three.
+    let mut p3 = prompt(1, 12);
+    p3.extend([8]);
+    m.add(&mut s, 3, Priority::Batch, p3, 1);
+    let (b, _) = step(&mut s, &mut m);
+    assert_eq!(ids_and_lens(&b), vec![(3, 12, 1, true)]);
+    run_until_idle(&mut s, &mut m);
+}
+
+#[test]
 fn prefix_caching_disabled_recomputes_everything() {
     let config = SchedulerConfig {
         enable_prefix_caching: false,
