@@ -372,11 +372,11 @@ fn a_burst_sharing_a_prefix_computes_it_once() {
     run_until_idle(&mut s, &mut m);
 }
 
-#[test]
-fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
-    // Budget 10: 1's 16-token prompt takes two steps. 2 (same first 12
-    // tokens) arrives after the first: two shared blocks are cached then, the
-    // third is still being computed, so 2 waits one more step for it.
+/// Budget 10: sequence 1's 16-token prompt takes two steps. After the
+/// first, 2 arrives with the same first 12 tokens and `own` more: two of
+/// the three shared blocks are cached then, the third is still being
+/// computed.
+fn a_follower_arrives_mid_prefill(own: &[u32]) -> (Scheduler, FakeModel) {
     let (mut s, mut m) = (Scheduler::new(cfg(64, 10, 8)).unwrap(), FakeModel::default());
     let mut p1 = prompt(1, 12);
     p1.extend([6, 6, 6, 6]);
@@ -384,8 +384,16 @@ fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
     let (b, _) = step(&mut s, &mut m);
     assert_eq!(ids_and_lens(&b), vec![(1, 0, 10, false)]);
     let mut p2 = prompt(1, 12);
-    p2.extend([7]);
+    p2.extend(own);
     m.add(&mut s, 2, Priority::Batch, p2, 1);
+    (s, m)
+}
+
+#[test]
+fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
+    // 2 has one token of its own, fewer than the four shared ones missing,
+    // so it waits one more step for the third block.
+    let (mut s, mut m) = a_follower_arrives_mid_prefill(&[7]);
     let (b, _) = step(&mut s, &mut m);
     assert_eq!(ids_and_lens(&b), vec![(1, 10, 6, true)]);
     let (b, _) = step(&mut s, &mut m);
@@ -395,19 +403,10 @@ fn a_shared_prefix_split_over_chunks_is_waited_for_to_the_end() {
 
 #[test]
 fn a_shared_prefix_nearly_cached_is_not_waited_for() {
-    // As above, but 2 has 8 tokens of its own: after the first step one
-    // shared block of three is still missing, fewer tokens than its own, so
+    // 2 has 8 tokens of its own, more than the four shared ones missing, so
     // it is admitted with the two cached blocks and computes the third
     // itself beside 1's last chunk; the cache keeps one copy of it.
-    let (mut s, mut m) = (Scheduler::new(cfg(64, 10, 8)).unwrap(), FakeModel::default());
-    let mut p1 = prompt(1, 12);
-    p1.extend([6, 6, 6, 6]);
-    m.add(&mut s, 1, Priority::Batch, p1, 2);
-    let (b, _) = step(&mut s, &mut m);
-    assert_eq!(ids_and_lens(&b), vec![(1, 0, 10, false)]);
-    let mut p2 = prompt(1, 12);
-    p2.extend([7; 8]);
-    m.add(&mut s, 2, Priority::Batch, p2, 1);
+    let (mut s, mut m) = a_follower_arrives_mid_prefill(&[7; 8]);
     let (b, _) = step(&mut s, &mut m);
     assert_eq!(ids_and_lens(&b), vec![(1, 10, 6, true), (2, 8, 4, false)]);
     assert_eq!(b.seqs[0].block_table[..2], b.seqs[1].block_table[..2]);
