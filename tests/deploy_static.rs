@@ -562,6 +562,8 @@ fn compose_nginx() {
         "hash $http_x_session_id consistent;",
         "max_fails=",
         "fail_timeout=",
+        "zone inferd_least_conn ",
+        "zone inferd_by_session ",
         "proxy_next_upstream error",
         "proxy_buffering off;",
         "proxy_http_version 1.1;",
