@@ -8,7 +8,7 @@
 //! bounded overtaking; a prefix-cache lookup at admission skips the cached
 //! part of the prompt, and a prompt sharing blocks that a running prefill is
 //! still computing waits until they are cached rather than computing them a
-//! second time, unless fewer of them are missing than it has tokens of its
+//! second time, while more of them are missing than it has tokens of its
 //! own).
 //! A prompt longer than the budget left is split across steps (chunked
 //! prefill), so one long prompt never stalls the decodes of everyone else.
