@@ -38,7 +38,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use criterion::Throughput;
-use inferd::model::cpu_pool::PoolScope;
+use inferd::model::cpu_pool::{self, PoolScope};
 use inferd::model::gemv_gguf::GgufWeight;
 use inferd::model::loader::{dequant::GgmlType, QuantRows};
 use inferd::model::{fused_cpu, gemv_bf16, gemv_gguf, packed_linear};
@@ -331,12 +331,15 @@ fn layer_stream(c: &mut Criterion) {
     let amx = inferd::model::amx_bf16::wanted();
     let mut group = c.benchmark_group("layer_stream");
     group.sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    for rows in [1i64, 8, 32, 512] {
+    for rows in [1i64, 8, 32, 128, 512] {
         let xs: Vec<Tensor> = shapes.iter().map(|&(_, k)| bf16(&[rows, k])).collect();
+        // As the model does: the decode pool for a few rows, at::parallel_for
+        // (OpenMP) for a prefill chunk.
+        let pooled = rows <= cpu_pool::MAX_ROWS;
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_function(BenchmarkId::new("bf16", rows), |b| {
             b.iter(|| {
-                let _pool = PoolScope::enter();
+                let _pool = pooled.then(PoolScope::enter);
                 for (w, x) in bf16_w.iter().zip(&xs) {
                     let _y = packed_linear::linear(x, w, None).expect("product");
                 }
@@ -345,7 +348,7 @@ fn layer_stream(c: &mut Criterion) {
         if amx {
             group.bench_function(BenchmarkId::new("bf16_avx512", rows), |b| {
                 b.iter(|| {
-                    let _pool = PoolScope::enter();
+                    let _pool = pooled.then(PoolScope::enter);
                     for ((kernel, packed), x) in avx512_w.iter().zip(&xs) {
                         let _y = match kernel {
                             Some(kernel) if rows <= gemv_bf16::MAX_ROWS => gemv_bf16::forward(x, kernel),
@@ -358,7 +361,7 @@ fn layer_stream(c: &mut Criterion) {
         }
         group.bench_function(BenchmarkId::new("q4_1", rows), |b| {
             b.iter(|| {
-                let _pool = PoolScope::enter();
+                let _pool = pooled.then(PoolScope::enter);
                 for (w, x) in q4_w.iter().zip(&xs) {
                     let _y = w.forward(x).expect("product");
                 }

@@ -265,9 +265,13 @@ fn bf16_prefill_in_chunks_after_a_cached_prefix_stays_with_f32() {
 /// layer's Q4_1 projections and the tied head's Q8_0), against the f32 forward
 /// on the dequantized file as truth: as close to it as bf16 activations
 /// allow, the same greedy token wherever f32's choice is clear, chunks after
-/// a cached prefix bit-identical to one pass, and the capital of France.
+/// a cached prefix bit-identical to one pass, and the author of Romeo and
+/// Juliet. (Not the capital of France, as the other placements are asked:
+/// f32's first answer token there wins by 0.08, a near tie that rounding
+/// the inputs may tip either way; greedy.json's margins for this question
+/// are 1.88, 0.47, 5.2, ... and f32 names Shakespeare at its seventh token.)
 #[test]
-fn gguf_blocks_stay_with_f32_and_answer_paris() {
+fn gguf_blocks_stay_with_f32_and_name_shakespeare() {
     let Some(at) = gguf_blocks() else {
         println!("no AVX512_BF16 here: the GGUF-block kernel does not run; nothing to check");
         return;
@@ -283,16 +287,16 @@ fn gguf_blocks_stay_with_f32_and_answer_paris() {
     let chunked = chunked_logits(&model, &prompt, &[(0, 96), (96, 141), (141, n)]);
     let err = max_abs_diff(&whole, &truth);
     println!("{n} positions: GGUF blocks vs f32 max|diff| {err:.3}");
-    // The file's exact weights, but inputs rounded to 16 bits of their block
-    // of 32's largest (gemv_gguf.cpp) on top of the bf16 activations: 2.1
-    // here, where plain bf16 (weights rounded to bf16) is 1.2-1.3 and one
-    // byte an input (llama.cpp's Q8_1) was 2.4.
+    // The file's exact weights, but inputs rounded to 12 bits of their block
+    // of 32's largest (gemv_gguf.cpp) on top of the bf16 activations: 1.5
+    // here (2.1 with the 16 bits before), where plain bf16 (weights rounded
+    // to bf16) is 1.2-1.3 and one byte an input (llama.cpp's Q8_1) was 2.4.
     assert!(err <= 2.5, "GGUF blocks stray from f32 by {err}");
     if chunks_are_exact() {
         assert!(chunked.equal(&whole), "GGUF blocks prefill in chunks differs from one pass");
     }
     assert!(clear_choices_agree(&whole, &truth).0, "GGUF blocks: a greedy token differs from f32 where f32's margin is over 1");
-    let answer = answer(&model, &tok, "What is the capital of France?");
+    let answer = answer(&model, &tok, "Who wrote Romeo and Juliet?");
     println!("GGUF blocks answer: {answer:?}");
-    assert!(answer.contains("Paris"), "answer was {answer:?}");
+    assert!(answer.contains("Shakespeare"), "answer was {answer:?}");
 }

@@ -12,26 +12,30 @@
 // second per thread whether its weights came from L2 or from memory.
 //
 // How (as llama.cpp multiplies its Q8_1 activations by Q4 and Q8_0
-// blocks, with one more byte an input): each row's block of 32 inputs is
-// quantized to two bytes an input, x ~ s (xq + rq / 256) with s = max|x| /
-// 127 (quantize_rows); VPDPBUSD sums four unsigned weight bytes times four
-// signed input bytes into each 32-bit lane (64 products an instruction),
-// exactly, once against xq and once against rq; then per block, with the
-// integer S = sum q (256 xq + rq) = 256 sum q xq + sum q rq,
-//   Q4:   sum w x ~ d (s / 256) S + m s sum (xq + rq / 256)  (Q4_0's m
-//         being -8 d),
-//   Q8_0: sum w x ~ d (s / 256) S, with q stored as q + 128 (VPDPBUSD's
-//         weights are unsigned) and 128 sum (256 xq + rq) taken off S.
+// blocks, with 12 bits an input rather than 8): each row's block of 32
+// inputs is quantized to x ~ s T, T an integer in [-2047, 2047] with s =
+// max|x| / 2047 (quantize_rows), kept as two bytes, T = 16 xh + xl with xh
+// signed and xl in [0, 15]; VPDPBUSD sums four unsigned weight bytes times
+// four signed input bytes into each 32-bit lane (64 products an
+// instruction), exactly, once against xh and once against xl; then per
+// block, with the integer S = sum q T = 16 sum q xh + sum q xl,
+//   Q4:   sum w x ~ d s S + m s sum T  (Q4_0's m being -8 d),
+//   Q8_0: sum w x ~ d s S, with q stored as q + 128 (VPDPBUSD's weights are
+//         unsigned) and 128 sum T taken off S.
 // The integer sums are exact, and each (row, line)'s f32 total takes its
 // blocks in order with the same two FMAs, whatever the number of rows or
 // the tile that computes it: a row gets the same bits alone as in any batch,
 // so batched greedy decoding gives a sequence the tokens it gets alone. The
-// only rounding beyond f32 sums is the inputs', within about s / 512.
+// only rounding beyond f32 sums is the inputs', within s / 2.
 //
 // Prefill chunks and batches of 16 rows or more, on CPUs with AMX-INT8, go
 // 16 rows at a time through TDPBSUD tile products (`amx_line`), which sum
 // the same bytes exactly; their block ends are the same ops as `tile`'s, so
-// a row gets the same bits from either kernel.
+// a row gets the same bits from either kernel. Why 12 bits and xl in four:
+// a Q4 block's S is then one TDPBSUD over 64 bytes, its xh against 16 q
+// (at most 240, still a byte) and its xl against q, where 16 bits (256 xq
+// + rq) took two products of 32, two tile stores and twice the block-end
+// loads; Q8_0's q + 128 has no room for the 16, so it keeps two.
 //
 // Work: groups of 8 lines. In a decode step (the pool active) each thread
 // owns a contiguous run of groups (owned_chunks.h), and a worker streams
@@ -102,76 +106,93 @@ struct Q8 {
     INFERD_VNNI_TARGET static inline void widen(const uint8_t* at, __m512i* out) { out[0] = _mm512_loadu_si512(at); }
 };
 
-// The rows as bytes, per block of 32 inputs (quantize_rows): x ~ s (xq +
-// rq / 256).
+// The rows as bytes, per block of 32 inputs (quantize_rows): x ~ s T, T =
+// 16 xh + xl.
+constexpr int64_t kRowBlockBytes = 64;  // a row's block: its 32 xh, then its 32 xl
 struct Problem {
-    const int8_t* xq;       // [rows, k]
-    const int8_t* rq;       // [rows, k]: the residual, 256 times finer
-    const float* scale;     // [rows, blocks]: s / 256
-    const float* scaled;    // [rows, blocks]: s sum (xq + rq / 256) (Q4's minimum term)
-    const int32_t* offset;  // [rows, blocks]: 128 sum (256 xq + rq) (Q8_0's weight offset)
+    const int8_t* x;        // [rows, blocks, 64]: per block 32 xh, then 32 xl
+    const float* scale;     // [rows, blocks]: s
+    const float* scaled;    // [rows, blocks]: s sum T (Q4's minimum term)
+    const int32_t* offset;  // [rows, blocks]: 128 sum T (Q8_0's weight offset)
     const uint8_t* w;       // a layout above
     uint16_t* y;            // [rows, n] bf16
     int64_t k, n, blocks;
+    // Where row `row`'s block `b` starts in `x`.
+    const int8_t* block(int64_t row, int64_t b) const { return x + (row * blocks + b) * kRowBlockBytes; }
 };
 
-// Each row's blocks to two bytes an input: with s = max|x| / 127 and t =
-// x / s, xq = t and rq = 256 (t - xq), each rounded to nearest even (rq
-// capped at 127; all 0 for an all-zero block), so x ~ s (xq + rq / 256)
-// within about s / 512: 16 bits against the block's largest input, where
-// one byte (llama.cpp's Q8_1) left SmolLM2's logits twice as far from f32
-// as bf16 weights do.
-INFERD_VNNI_TARGET void quantize_rows(const uint16_t* x, int64_t rows, int64_t k, int8_t* xq, int8_t* rq, float* scale, float* scaled,
+// Every lane's max and sum of 16 lanes, by swaps of halves, quarters, pairs
+// and neighbours (exact in any order). maskz with all lanes: the plain
+// intrinsics (and _mm512_reduce_*) trip GCC 12's -Wmaybe-uninitialized on
+// their undefined pass-through operand.
+INFERD_VNNI_TARGET inline __m512 all_lanes_max(__m512 v) {
+    v = _mm512_maskz_max_ps(0xFFFF, v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_maskz_max_ps(0xFFFF, v, _mm512_maskz_shuffle_f32x4(0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_maskz_max_ps(0xFFFF, v, _mm512_maskz_permute_ps(0xFFFF, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm512_maskz_max_ps(0xFFFF, v, _mm512_maskz_permute_ps(0xFFFF, v, _MM_SHUFFLE(2, 3, 0, 1)));
+}
+INFERD_VNNI_TARGET inline __m512i all_lanes_sum(__m512i v) {
+    v = _mm512_add_epi32(v, _mm512_maskz_shuffle_i32x4(0xFFFF, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+    v = _mm512_add_epi32(v, _mm512_maskz_shuffle_i32x4(0xFFFF, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+    v = _mm512_add_epi32(v, _mm512_maskz_shuffle_epi32(0xFFFF, v, static_cast<_MM_PERM_ENUM>(_MM_SHUFFLE(1, 0, 3, 2))));
+    return _mm512_add_epi32(v, _mm512_maskz_shuffle_epi32(0xFFFF, v, static_cast<_MM_PERM_ENUM>(_MM_SHUFFLE(2, 3, 0, 1))));
+}
+
+// Each row's blocks to 12 bits an input: with s = max|x| / 2047, T = x /
+// s rounded to nearest even (all 0 for an all-zero block), so x ~ s T
+// within s / 2, stored as xh = T >> 4 (arithmetic) and xl = T & 15. Twelve
+// bits against the block's largest input: one byte (llama.cpp's Q8_1) left
+// SmolLM2's logits twice as far from f32 as bf16 weights do.
+INFERD_VNNI_TARGET void quantize_rows(const uint16_t* x, int64_t rows, int64_t k, int8_t* xb, float* scale, float* scaled,
                                       int32_t* offset) {
     const int64_t blocks = k / kBlockIn;
-    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), cap = _mm512_set1_epi32(127);
+    const __m512i magnitude = _mm512_set1_epi32(0x7FFFFFFF), top = _mm512_set1_epi32(2047), low4 = _mm512_set1_epi32(15);
     for (int64_t r = 0; r < rows; ++r)
         for (int64_t b = 0; b < blocks; ++b) {
             const int64_t at = r * k + b * kBlockIn;
+            int8_t* out = xb + (r * blocks + b) * kRowBlockBytes;
             __m512 half[2];
             for (int h = 0; h < 2; ++h)  // bf16 is f32's upper half
                 half[h] = _mm512_castsi512_ps(_mm512_maskz_slli_epi32(
                     0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + at + 16 * h))), 16));
-            // Lanes through memory: GCC 12's _mm512_reduce_* trip its
-            // -Wmaybe-uninitialized.
-            alignas(64) float mags[16];
-            _mm512_store_ps(mags, _mm512_maskz_max_ps(0xFFFF, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(half[0]), magnitude)),
-                                                      _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(half[1]), magnitude))));
-            float amax = 0.0f;
-            for (const float m : mags) amax = std::max(amax, m);
-            const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            const float amax = _mm512_cvtss_f32(all_lanes_max(_mm512_maskz_max_ps(
+                0xFFFF, _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(half[0]), magnitude)),
+                _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(half[1]), magnitude)))));
+            const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 2047.0f / amax : 0.0f);
             __m512i sums = _mm512_setzero_si512();
             for (int h = 0; h < 2; ++h) {
-                const __m512 t = _mm512_mul_ps(half[h], inv);
-                const __m512i q = _mm512_maskz_cvtps_epi32(0xFFFF, t);
-                // t - q is exact (q is t rounded), and so is 256 times it.
-                const __m512 rest = _mm512_mul_ps(_mm512_sub_ps(t, _mm512_maskz_cvtepi32_ps(0xFFFF, q)), _mm512_set1_ps(256.0f));
-                const __m512i fine = _mm512_maskz_min_epi32(0xFFFF, _mm512_maskz_cvtps_epi32(0xFFFF, rest), cap);
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + at + 16 * h), _mm512_maskz_cvtsepi32_epi8(0xFFFF, q));
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(rq + at + 16 * h), _mm512_maskz_cvtsepi32_epi8(0xFFFF, fine));
-                sums = _mm512_add_epi32(sums, _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, q, 8), fine));
+                // |x| (2047 / amax) may round a hair past 2047; the clamp
+                // keeps xh a byte.
+                const __m512i t = _mm512_maskz_max_epi32(
+                    0xFFFF, _mm512_maskz_min_epi32(0xFFFF, _mm512_maskz_cvtps_epi32(0xFFFF, _mm512_mul_ps(half[h], inv)), top),
+                    _mm512_sub_epi32(_mm512_setzero_si512(), top));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * h), _mm512_maskz_cvtsepi32_epi8(0xFFFF, _mm512_maskz_srai_epi32(0xFFFF, t, 4)));
+                _mm_storeu_si128(reinterpret_cast<__m128i*>(out + kBlockIn + 16 * h), _mm512_maskz_cvtsepi32_epi8(0xFFFF, _mm512_and_si512(t, low4)));
+                sums = _mm512_add_epi32(sums, t);
             }
-            alignas(64) int32_t lanes[16];
-            _mm512_store_si512(lanes, sums);
-            int32_t sum = 0;  // of 256 xq + rq: at most 32 x 256 x 128
-            for (const int32_t v : lanes) sum += v;
-            const float unit = amax / 127.0f / 256.0f;
+            // Of T: at most 32 x 2047 in magnitude.
+            const int32_t sum = _mm512_cvtsi512_si32(all_lanes_sum(sums));
+            const float unit = amax / 2047.0f;
             scale[r * blocks + b] = unit;
             scaled[r * blocks + b] = unit * static_cast<float>(sum);
             offset[r * blocks + b] = 128 * sum;
         }
 }
 
+// S = 16 sum q xh + sum q xl from the two integer sums (exact: at most 32
+// x 255 x 2047 in magnitude).
+// maskz with all lanes: the plain intrinsics trip GCC 12's
+// -Wmaybe-uninitialized on their undefined pass-through operand.
+INFERD_VNNI_TARGET inline __m512i whole_sum(__m512i coarse, __m512i fine) {
+    return _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, coarse, 4), fine);
+}
+
 // A block's end for one (row, line), in `tile` and `amx_line` alike, so a
-// row gets the same bits from either: S = sum q (256 xq + rq) from the two
-// integer sums (exact, under 2^31; Q8_0 less its 128 offset), then
-// total += S (d s / 256), and for Q4 total += m s sum (xq + rq / 256).
-// `sc` is the block's f16 scales (then, for Q4, its minimums).
+// row gets the same bits from either: from S (Q8_0's less its 128 offset),
+// total += S (d s), and for Q4 total += m s sum T. `sc` is the block's f16
+// scales (then, for Q4, its minimums).
 template <class F>
-INFERD_VNNI_TARGET inline __m512 end_block(const Problem& pb, int64_t at, const uint8_t* sc, __m512i coarse, __m512i fine, __m512 total) {
-    // maskz with all lanes: the plain intrinsics trip GCC 12's
-    // -Wmaybe-uninitialized on their undefined pass-through operand.
-    __m512i sum = _mm512_add_epi32(_mm512_maskz_slli_epi32(0xFFFF, coarse, 8), fine);
+INFERD_VNNI_TARGET inline __m512 end_block(const Problem& pb, int64_t at, const uint8_t* sc, __m512i sum, __m512 total) {
     if constexpr (!F::kMin) sum = _mm512_sub_epi32(sum, _mm512_set1_epi32(pb.offset[at]));
     const __m512 d = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
     const __m512 ds = _mm512_mul_ps(d, _mm512_set1_ps(pb.scale[at]));
@@ -201,18 +222,18 @@ INFERD_VNNI_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
                 for (int64_t off = 0; off < F::kBlockBytes; off += 64)
                     _mm_prefetch(reinterpret_cast<const char*>(base[g] + (b + 1) * F::kBlockBytes + off), _MM_HINT_T0);
         }
-        __m512i acc[R][G], fine[R][G];  // sum q xq, sum q rq
+        __m512i acc[R][G], fine[R][G];  // sum q xh, sum q xl
         for (int r = 0; r < R; ++r)
             for (int g = 0; g < G; ++g) acc[r][g] = fine[r][g] = _mm512_setzero_si512();
         for (int v = 0; v < F::kVectors; ++v) {
             __m512i xv[F::kParts][R], rv[F::kParts][R];
             for (int p = 0; p < F::kParts; ++p)
                 for (int r = 0; r < R; ++r) {
-                    const int64_t in = (row + r) * pb.k + b * kBlockIn + F::input(v, p);
+                    const int8_t* in = pb.block(row + r, b) + F::input(v, p);
                     int32_t four;  // four input bytes, read as one 32-bit lane
-                    std::memcpy(&four, pb.xq + in, sizeof four);
+                    std::memcpy(&four, in, sizeof four);
                     xv[p][r] = _mm512_set1_epi32(four);
-                    std::memcpy(&four, pb.rq + in, sizeof four);
+                    std::memcpy(&four, in + kBlockIn, sizeof four);
                     rv[p][r] = _mm512_set1_epi32(four);
                 }
             for (int g = 0; g < G; ++g) {
@@ -228,7 +249,7 @@ INFERD_VNNI_TARGET inline void tile(const Problem& pb, int64_t row, int64_t line
         for (int g = 0; g < G; ++g) {
             const uint8_t* sc = base[g] + b * F::kBlockBytes + F::kVectors * 64;
             for (int r = 0; r < R; ++r)
-                total[r][g] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, acc[r][g], fine[r][g], total[r][g]);
+                total[r][g] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, whole_sum(acc[r][g], fine[r][g]), total[r][g]);
         }
     }
     // The totals rounded to bf16 (to nearest even) into y.
@@ -272,17 +293,21 @@ INFERD_VNNI_TARGET void run_group(const Problem& pb, int64_t r, int64_t rows, in
 // whole 16-row tiles go here, the rest to `run_group`.
 constexpr int64_t kTileRows = 16;
 
-// LDTILECFG's 64-byte operand (palette 1): tmm0-1 C (sum q xq, sum q rq),
-// 16 rows x 16 lanes; tmm2-3 A (xq, rq), 16 rows x 32 bytes; tmm4 B, 8
-// rows of 4 inputs x 16 outputs.
+// LDTILECFG's 64-byte operand (palette 1).
 struct alignas(64) TileConfig {
     uint8_t palette = 1;
     uint8_t start_row = 0;
     uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {64, 64, 32, 32, 64};
-    uint8_t rows[16] = {16, 16, 16, 16, 8};
+    uint16_t colsb[16];
+    uint8_t rows[16];
 };
-const TileConfig kTiles;
+// Q4: tmm0 C (S), 16 rows x 16 lanes; tmm2 A (xh then xl), 16 rows x 64
+// bytes; tmm4 B, 16 rows of 4 inputs x 16 outputs (16 q against xh, then q
+// against xl).
+const TileConfig kTilesQ4{1, 0, {}, {64, 0, 64, 0, 64}, {16, 0, 16, 0, 16}};
+// Q8_0: tmm0-1 C (sum q xh, sum q xl), 16 rows x 16 lanes; tmm2-3 A (xh,
+// xl), 16 rows x 32 bytes; tmm4 B, 8 rows of 4 inputs x 16 outputs.
+const TileConfig kTilesQ8{1, 0, {}, {64, 64, 32, 32, 64}, {16, 16, 16, 16, 8}};
 
 // CPUID.(7,0):EDX bit 25: AMX-INT8; amx_bf16_usable() checks the tiles
 // themselves and asks Linux for their state.
@@ -295,52 +320,76 @@ bool amx_int8_usable() {
 #endif
 }
 
-// A line's B tiles, one per block of 32 inputs: Q4's nibbles as bytes
-// (vector v's low nibbles are B row 2v, its high ones row 2v + 1), widened
-// once per line into `buf` (512 bytes a block, 24 KiB at SmolLM2's widest)
-// before any 16-row slice reads them; Q8_0's vectors are B as stored.
+// A line's B tiles, one per block of 32 inputs. Q4's: its nibbles as bytes
+// (vector v's low nibbles are row 2v, its high ones row 2v + 1), times 16 in
+// rows 0-7 (against xh) and as they are in rows 8-15 (against xl), widened
+// once per line into `buf` (1 KiB a block, 48 KiB at SmolLM2's widest)
+// before any 16-row slice reads them. Q8_0's vectors are B as stored.
+constexpr int64_t kQ4TileBytes = 1024;
 template <class F>
 INFERD_AMX_INT8_TARGET inline const uint8_t* b_tiles(const Problem& pb, const uint8_t* line, std::vector<uint8_t>& buf) {
     if constexpr (F::kParts == 1) {
         return line;
     } else {
-        buf.resize(static_cast<size_t>(pb.blocks * 512));
+        buf.resize(static_cast<size_t>(pb.blocks * kQ4TileBytes));
         for (int64_t b = 0; b < pb.blocks; ++b)
             for (int v = 0; v < F::kVectors; ++v) {
                 __m512i parts[2];
                 F::widen(line + b * F::kBlockBytes + v * 64, parts);
-                _mm512_storeu_si512(buf.data() + b * 512 + 2 * v * 64, parts[0]);
-                _mm512_storeu_si512(buf.data() + b * 512 + (2 * v + 1) * 64, parts[1]);
+                for (int p = 0; p < 2; ++p) {
+                    uint8_t* at = buf.data() + b * kQ4TileBytes + (2 * v + p) * 64;
+                    // Nibbles times 16 stay in their bytes (at most 240).
+                    _mm512_storeu_si512(at, _mm512_maskz_slli_epi16(~0u, parts[p], 4));
+                    _mm512_storeu_si512(at + kQ4TileBytes / 2, parts[p]);
+                }
             }
         return buf.data();
     }
 }
 
 // Rows [row, row + 16) against one line, all its blocks, with the line's B
-// tiles at `tiles` (b_tiles); the tiles are configured (kTiles).
+// tiles at `tiles` (b_tiles); the tiles are configured (TileScope<F>).
 template <class F>
 INFERD_AMX_INT8_TARGET void amx_line(const Problem& pb, int64_t row, int64_t line, const uint8_t* tiles) {
-    constexpr int64_t kTileBytes = F::kParts == 1 ? F::kBlockBytes : 512;
     __m512 total[kTileRows];
     for (auto& t : total) t = _mm512_setzero_ps();
     const uint8_t* base = pb.w + line * pb.blocks * F::kBlockBytes;
+    const int64_t stride = pb.blocks * kRowBlockBytes;  // from one row's block to the next row's
     // Two sets, by the block's parity, so a block's tile stores need not
-    // wait for the previous block's reads.
+    // wait for the previous block's reads. Q4 stores its S in `coarse`.
     alignas(64) int32_t coarse[2][kTileRows][16], fine[2][kTileRows][16];
-    for (int64_t b = 0; b < pb.blocks; ++b) {
-        const int h = static_cast<int>(b & 1);
-        _tile_loadd(4, tiles + b * kTileBytes, 64);
-        _tile_loadd(2, pb.xq + row * pb.k + b * kBlockIn, pb.k);
-        _tile_loadd(3, pb.rq + row * pb.k + b * kBlockIn, pb.k);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_dpbsud(0, 2, 4);
-        _tile_dpbsud(1, 3, 4);
-        _tile_stored(0, coarse[h], 64);
-        _tile_stored(1, fine[h], 64);
-        const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
-        for (int r = 0; r < kTileRows; ++r)
-            total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, _mm512_load_si512(coarse[h][r]), _mm512_load_si512(fine[h][r]), total[r]);
+    if constexpr (F::kParts == 2) {
+        for (int64_t b = 0; b < pb.blocks; ++b) {
+            const int h = static_cast<int>(b & 1);
+            _tile_loadd(4, tiles + b * kQ4TileBytes, 64);
+            _tile_loadd(2, pb.block(row, b), stride);
+            _tile_zero(0);
+            _tile_dpbsud(0, 2, 4);
+            _tile_stored(0, coarse[h], 64);
+            const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
+            // Unrolled, the 16 totals stay in registers (GCC 12 kept them on
+            // the stack).
+#pragma GCC unroll 16
+            for (int r = 0; r < kTileRows; ++r)
+                total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, _mm512_load_si512(coarse[h][r]), total[r]);
+        }
+    } else {
+        for (int64_t b = 0; b < pb.blocks; ++b) {
+            const int h = static_cast<int>(b & 1);
+            const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
+            _tile_loadd(4, tiles + b * F::kBlockBytes, 64);
+            _tile_loadd(2, pb.block(row, b), stride);
+            _tile_loadd(3, pb.block(row, b) + kBlockIn, stride);
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_dpbsud(0, 2, 4);
+            _tile_dpbsud(1, 3, 4);
+            _tile_stored(0, coarse[h], 64);
+            _tile_stored(1, fine[h], 64);
+            for (int r = 0; r < kTileRows; ++r)
+                total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc,
+                                        whole_sum(_mm512_load_si512(coarse[h][r]), _mm512_load_si512(fine[h][r])), total[r]);
+        }
     }
     for (int r = 0; r < kTileRows; ++r) {
         const __m256bh v = _mm512_cvtneps_pbh(total[r]);
@@ -364,6 +413,7 @@ INFERD_AMX_INT8_TARGET void amx_group(const Problem& pb, int64_t rows, int64_t l
 
 // Tile state is per thread: configured before a thread's groups, released
 // after (a thread holding tile data saves 8 KiB more at each switch).
+template <class F>
 struct TileScope {
     explicit TileScope(bool on) : on(on) {
         if (on) load();
@@ -373,7 +423,7 @@ struct TileScope {
     }
     TileScope(const TileScope&) = delete;
     TileScope& operator=(const TileScope&) = delete;
-    INFERD_AMX_INT8_TARGET static void load() { _tile_loadconfig(&kTiles); }
+    INFERD_AMX_INT8_TARGET static void load() { _tile_loadconfig(F::kParts == 2 ? &kTilesQ4 : &kTilesQ8); }
     INFERD_AMX_INT8_TARGET static void release() { _tile_release(); }
     bool on;
 };
@@ -414,7 +464,7 @@ void product(const Problem& pb, int64_t rows, const Weight& next) {
         inferd_pool::OwnedChunks owned(groups, inferd_pool::threads());
         auto body = [&](int t, int) {
             {
-                const TileScope scope(tiles && t < owned.threads());
+                const TileScope<F> scope(tiles && t < owned.threads());
                 owned.work(t, group);
             }
             if (next.bytes == 0 || t == 0 || t >= owned.threads()) {
@@ -431,7 +481,7 @@ void product(const Problem& pb, int64_t rows, const Weight& next) {
         inferd_pool::run(body);
     } else {
         at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
-            const TileScope scope(tiles);
+            const TileScope<F> scope(tiles);
             for (int64_t g = g0; g < g1; ++g) group(g);
         });
     }
@@ -442,13 +492,24 @@ void product(const Problem& pb, int64_t rows, const Weight& next) {
 void inferd_rows::gemv_gguf(const bf16* x, int64_t rows, const uint8_t* w, int64_t n, int64_t k, int64_t format, bf16* y) {
     if (rows == 0) return;
     const int64_t blocks = k / kBlockIn, block_bytes = format == 4 ? Q4::kBlockBytes : Q8::kBlockBytes;
-    // Small: rows x k bytes and three rows x blocks arrays (512 x 1536
-    // bytes at the most, in a prefill chunk).
-    std::vector<int8_t> xq(static_cast<size_t>(rows * k)), rq(xq.size());
+    // Small: 2 rows x k bytes and three rows x blocks arrays (2 x 512 x
+    // 1536 bytes at the most, in a prefill chunk).
+    std::vector<int8_t> xb(static_cast<size_t>(rows * blocks * kRowBlockBytes));
     std::vector<float> scale(static_cast<size_t>(rows * blocks)), scaled(scale.size());
     std::vector<int32_t> offset(scale.size());
-    quantize_rows(reinterpret_cast<const uint16_t*>(x), rows, k, xq.data(), rq.data(), scale.data(), scaled.data(), offset.data());
-    const Problem pb{xq.data(), rq.data(), scale.data(), scaled.data(), offset.data(), w, reinterpret_cast<uint16_t*>(y), k, n, blocks};
+    const uint16_t* xs = reinterpret_cast<const uint16_t*>(x);
+    auto quantize = [&](int64_t r0, int64_t r1) {
+        quantize_rows(xs + r0 * k, r1 - r0, k, xb.data() + r0 * blocks * kRowBlockBytes, scale.data() + r0 * blocks, scaled.data() + r0 * blocks,
+                      offset.data() + r0 * blocks);
+    };
+    // A prefill chunk's rows on every thread (a row's bytes do not depend
+    // on the split); a decode step's few on the caller.
+    if (rows >= 2 * kTileRows && !inferd_pool::active()) {
+        at::parallel_for(0, rows, kTileRows, quantize);
+    } else {
+        quantize(0, rows);
+    }
+    const Problem pb{xb.data(), scale.data(), scaled.data(), offset.data(), w, reinterpret_cast<uint16_t*>(y), k, n, blocks};
     const Weight next = inferd_pool::active() ? successors.after(Weight{reinterpret_cast<uintptr_t>(pb.w), n, k, block_bytes}) : Weight{};
     if (format == 4) {
         product<Q4>(pb, rows, next);

@@ -6,7 +6,7 @@
 //! (nibbles plus each block's f16 scale and minimum) and 1.0625 in Q8_0, so
 //! one stream, which is bound by reading the weights, moves 3.2x (Q4) or
 //! 1.9x (Q8_0) fewer bytes. `gemv_gguf.cpp` multiplies the blocks as they
-//! are (the file's exact weights) by bf16 rows rounded to 16 bits per block
+//! are (the file's exact weights) by bf16 rows rounded to 12 bits per block
 //! of 32 inputs, with AVX512_VNNI's byte dot products, in one summation order
 //! at every row count, so a row's result does not depend on its batch. This
 //! module re-lays the blocks out for the kernel once, at load time.
@@ -177,6 +177,28 @@ mod tests {
         QuantRows { ty, n, k, data }
     }
 
+    /// The inputs as `quantize_rows` rounds them, x ~ s T per block of 32
+    /// with s = max|x| / 2047 and T rounded to nearest even, in f64; and
+    /// their magnitudes.
+    fn rounded_inputs(x: &Tensor) -> (Tensor, Tensor) {
+        let (rows, k) = x.size2().unwrap();
+        let values = Vec::<f32>::try_from(x.to_kind(Kind::Float).flatten(0, 1)).unwrap();
+        let mut out = vec![0f64; values.len()];
+        for (block, rounded) in values.chunks(32).zip(out.chunks_mut(32)) {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if amax == 0.0 {
+                continue;
+            }
+            let (inv, unit) = (2047f32 / amax, amax / 2047f32);
+            for (v, r) in block.iter().zip(rounded.iter_mut()) {
+                *r = f64::from(unit) * f64::from((v * inv).round_ties_even().clamp(-2047.0, 2047.0));
+            }
+        }
+        let rounded = Tensor::from_slice(&out).reshape([rows, k]);
+        let magnitude = rounded.abs();
+        (rounded, magnitude)
+    }
+
     #[test]
     fn products_match_the_dequantized_weight_and_do_not_depend_on_the_batch() {
         if !available() {
@@ -196,12 +218,22 @@ mod tests {
             assert_eq!(all.size(), [67, n]);
             assert_eq!(all.kind(), Kind::BFloat16);
             // Against f64 on the same bf16 inputs: the kernel rounds the
-            // inputs to 16 bits of their block's largest, then sums in f32
+            // inputs to 12 bits of their block's largest, then sums in f32
             // and rounds the result to bf16.
             let want = x.to_kind(Kind::Double).mm(&dense.to_kind(Kind::Double).tr());
             let err = (all.to_kind(Kind::Double) - &want).abs().max().double_value(&[]);
             let scale = want.abs().max().double_value(&[]);
             assert!(err <= scale / 128.0, "{ty:?} [{n}, {k}]: max error {err} against a max magnitude {scale}");
+            // Against f64 on the inputs as the kernel rounds them (12 bits
+            // of their block's largest, `quantize_rows`): only the f32 sums
+            // and the bf16 result round, so this catches a lost or misplaced
+            // low part of an input that the bound above would not.
+            let (rounded, magnitude) = rounded_inputs(&x);
+            let dense = dense.to_kind(Kind::Double);
+            let want = rounded.mm(&dense.tr());
+            let slack = magnitude.mm(&dense.abs().tr()) * 1e-5 + want.abs() / 256.0;
+            let over = ((all.to_kind(Kind::Double) - &want).abs() - slack).max().double_value(&[]);
+            assert!(over <= 0.0, "{ty:?} [{n}, {k}]: off the rounded inputs' product by {over} beyond bf16's rounding");
             // Every tile shape (16-row AMX tiles where the CPU has
             // AMX-INT8, then rows 8 at a time, 4, 2, 1) must give a row the
             // same bits.
