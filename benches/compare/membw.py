@@ -120,10 +120,11 @@ def native(size_mib, cores, thread_counts=None):
         return out
 
 
-def pair_sample(path, size_mib):
+def pair_sample(path, size_mib, key="pair_samples"):
     """One quick sample (the native loop with one thread per core) for the
-    `pairs` workload, appended to `pair_samples`; it counts towards the
-    run's highest figure like every other sample."""
+    `pairs` workload, appended to `key` (`pair_samples` for inferd's pieces,
+    `pair_samples_gguf` for inferd-gguf's); it counts towards the run's
+    highest figure like every other sample."""
     with open(path) as f:
         doc = json.load(f)
     cores = os.cpu_count() or 1
@@ -131,7 +132,7 @@ def pair_sample(path, size_mib):
     if not bw:
         sys.exit("pairs need membw.c's native loop (gcc)")
     sample = dict({k: round(v, 2) for k, v in bw.items()}, date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    doc.setdefault("pair_samples", []).append(sample)
+    doc.setdefault(key, []).append(sample)
     used = max([doc["bandwidth"]["used_gbs"], max(bw.values())])
     doc["bandwidth"]["used_gbs"] = used
     doc["one_stream_bound_tok_s"] = bounds(used, doc["weights"])
@@ -197,7 +198,7 @@ def again(path, size_mib):
         doc = json.load(f)
     bw = dict(bandwidth(size_mib), date_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     doc.setdefault("bandwidth_again", []).append(bw)
-    later = doc["bandwidth_again"] + doc.get("pair_samples", [])
+    later = doc["bandwidth_again"] + doc.get("pair_samples", []) + doc.get("pair_samples_gguf", [])
     used = max([best_gbs(doc["bandwidth"])] + [best_gbs(b) for b in later])
     doc["bandwidth"]["used_gbs"] = used
     doc["one_stream_bound_tok_s"] = bounds(used, doc["weights"])
@@ -213,12 +214,13 @@ def main():
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--again", action="store_true", help="add a bandwidth sample to an existing --out")
     ap.add_argument("--pair-sample", action="store_true", help="add a quick native sample to --out's pair_samples")
+    ap.add_argument("--pair-key", default="pair_samples", help="the list --pair-sample appends to")
     ap.add_argument("--set", nargs="*", default=[], help="extra key=value facts to record")
     a = ap.parse_args()
     if a.again:
         return again(a.out, a.size_mib)
     if a.pair_sample:
-        return pair_sample(a.out, a.size_mib)
+        return pair_sample(a.out, a.size_mib, a.pair_key)
     if not a.gguf:
         ap.error("--gguf is required")
 

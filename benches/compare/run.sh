@@ -13,7 +13,7 @@
 #   inferd            inferd serve, prefix caching on (dtype $INFERD_DTYPE)
 #   inferd-nocache    the same with prefix_caching = false (shared-prefix workload only)
 #   inferd-gguf       inferd serve, dtype bf16, quantization = "gguf": the file's
-#                     Q4_1/Q8_0 blocks multiplied as they are (sweep only; AVX512_BF16)
+#                     Q4_1/Q8_0 blocks multiplied as they are (sweep and pairs; AVX512_BF16)
 #   inferd-amx        inferd serve with ONEDNN_MAX_CPU_ISA=ALL: on a CPU with AMX,
 #                     oneDNN's AMX kernels (greedy outputs no longer batch-invariant;
 #                     see README) instead of inferd's own (sweep only)
@@ -29,7 +29,8 @@
 #            num-requests = max(2*concurrency, 8) per level
 #   prefix   4 groups x 512-token shared system prompt + 128 in / 128 out,
 #            64 requests at concurrency 16 (inferd, inferd-nocache, llama-server)
-#   pairs    inferd alone, one stream against the memory bandwidth of the same
+#   pairs    inferd alone (and inferd-gguf alone, where it is asked for), one
+#            stream against the memory bandwidth of the same
 #            seconds: a native bandwidth sample, then $PAIRS pieces of 2
 #            requests (128 in / 128 out) each followed by another sample;
 #            summarize.py judges each piece against the higher sample on
@@ -303,24 +304,28 @@ if [[ ",$workloads," == *",prefix,"* ]]; then
   done
 fi
 
-if [[ ",$workloads," == *",pairs,"* ]] && has inferd "${peers[@]}"; then
-  log "inferd: one stream in $PAIRS pieces, each between two bandwidth samples"
-  start_peer inferd 1 $(( IN + OUTLEN )) pairs
+# inferd's pieces (its dtype) and, where asked for, inferd-gguf's (the
+# file's blocks), each with its own list of bandwidth samples.
+for peer in inferd inferd-gguf; do
+  [[ ",$workloads," == *",pairs,"* ]] && has "$peer" "${peers[@]}" || continue
+  key=pair_samples; [[ $peer == inferd-gguf ]] && key=pair_samples_gguf
+  log "$peer: one stream in $PAIRS pieces, each between two bandwidth samples"
+  start_peer "$peer" 1 $(( IN + OUTLEN )) pairs
   warmup
-  rm -rf "$out/inferd/pairs"
-  "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
+  rm -rf "$out/$peer/pairs"
+  "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --pair-key "$key" --out "$out/machine.json"
   for k in $(seq 1 "$PAIRS"); do
     # /proc/stat's all-CPU line before and after: summarize.py reports the
     # share of the piece's CPU time the hypervisor gave to other guests
     # (steal), which the bandwidth samples' best-of-seven passes avoid.
     stat_before=$(grep '^cpu ' /proc/stat)
-    bench "$out/inferd/pairs/p$k" "inferd one stream, piece $k" $(( 100 + k )) --concurrency 1 --num-requests 2 \
+    bench "$out/$peer/pairs/p$k" "$peer one stream, piece $k" $(( 100 + k )) --concurrency 1 --num-requests 2 \
       --input-len "$IN" --output-len "$OUTLEN" --no-plots > /dev/null
-    { echo "$stat_before"; grep '^cpu ' /proc/stat; } > "$out/inferd/pairs/p$k/proc_stat.txt"
-    "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --out "$out/machine.json"
+    { echo "$stat_before"; grep '^cpu ' /proc/stat; } > "$out/$peer/pairs/p$k/proc_stat.txt"
+    "$CACHE/venv/bin/python" benches/compare/membw.py --pair-sample --pair-key "$key" --out "$out/machine.json"
   done
   stop_server
-fi
+done
 
 python3 benches/compare/summarize.py "$out"
 log "summary: $out/summary.md   server logs: $LOGS"

@@ -2,7 +2,8 @@
 """Summarise a benches/compare run (stdlib only).
 
 Reads  OUT/machine.json, OUT/<peer>/c<N>/bench.json, OUT/<peer>/prefix/bench.json,
-       OUT/inferd/pairs/p<K>/bench.json (the `pairs` workload)
+       OUT/inferd/pairs/p<K>/bench.json and OUT/inferd-gguf/pairs/p<K>/bench.json
+       (the `pairs` workload)
 Writes OUT/summary.md, OUT/summary.json, OUT/throughput.svg, OUT/ttft_p99.svg
 
 Usage: python3 benches/compare/summarize.py [OUT]   (default benches/results/compare)
@@ -89,13 +90,23 @@ def inferd_weight_bytes(machine):
     return machine.get("weights", {}).get(f"{machine.get('inferd_dtype', 'f32')}_bytes")
 
 
-def pairs_of(out, machine):
-    """The `pairs` workload: one-stream piece k ran between bandwidth samples
-    k-1 and k (`pair_samples`, seconds apart), and is judged against the
-    higher of the two. Returns [(k, decode tok/s, GB/s, fraction)]."""
-    samples = [best_gbs(b) for b in machine.get("pair_samples", [])]
-    nbytes = inferd_weight_bytes(machine)
-    d = os.path.join(out, "inferd", "pairs")
+# The `pairs` workload's peers: their bandwidth samples and the bytes a
+# decode step of theirs reads.
+PAIR_PEERS = {"inferd": "pair_samples", "inferd-gguf": "pair_samples_gguf"}
+
+
+def pair_weight_bytes(machine, peer):
+    return inferd_weight_bytes(machine) if peer == "inferd" else machine.get("weights", {}).get("gguf_bytes")
+
+
+def pairs_of(out, machine, peer="inferd"):
+    """The `pairs` workload: one-stream piece k of `peer` ran between
+    bandwidth samples k-1 and k (its PAIR_PEERS list, seconds apart), and is
+    judged against the higher of the two. Returns [(k, decode tok/s, GB/s,
+    fraction, steal)]."""
+    samples = [best_gbs(b) for b in machine.get(PAIR_PEERS[peer], [])]
+    nbytes = pair_weight_bytes(machine, peer)
+    d = os.path.join(out, peer, "pairs")
     rows = []
     if not nbytes or not os.path.isdir(d):
         return rows
@@ -334,22 +345,29 @@ def main():
                            frac >= 0.9))
             summary.setdefault("one_stream", {})[ours] = {"dtype": dtype, "decode_tok_s": decode, "bound_tok_s": bound[key],
                                                           "fraction": frac, "fraction_per_bandwidth_sample": fracs}
-    pairs = pairs_of(out, machine)
-    if pairs:
+    all_pairs = {peer: pairs_of(out, machine, peer) for peer in PAIR_PEERS}
+    for peer, pairs in all_pairs.items():
+        if not pairs:
+            continue
         fr = sorted(p[3] for p in pairs)
         med = fr[len(fr) // 2] if len(fr) % 2 else (fr[len(fr) // 2 - 1] + fr[len(fr) // 2]) / 2
-        checks.append((f"1 stream, {len(pairs)} pieces each judged against the higher bandwidth sample on either side (seconds apart): median >= 90%",
+        who = "" if peer == "inferd" else f" ({peer})"
+        checks.append((f"1 stream{who}, {len(pairs)} pieces each judged against the higher bandwidth sample on either side (seconds apart): median >= 90%",
                        f"median {100 * med:.0f}% (pieces {min(fr) * 100:.0f}-{max(fr) * 100:.0f}%)", med >= 0.9))
-        summary["one_stream_pairs"] = [{"piece": k, "decode_tok_s": dec, "gbs": g, "fraction": f, "host_steal": st}
-                                       for k, dec, g, f, st in pairs]
-        summary["one_stream_pairs_median"] = med
+        suffix = "" if peer == "inferd" else "_gguf"
+        summary["one_stream_pairs" + suffix] = [{"piece": k, "decode_tok_s": dec, "gbs": g, "fraction": f, "host_steal": st}
+                                                for k, dec, g, f, st in pairs]
+        summary["one_stream_pairs_median" + suffix] = med
     if "inferd" in prefix and "inferd-nocache" in prefix:
         q = prefix["inferd-nocache"][0]["ttft_ms"]["mean"] / prefix["inferd"][0]["ttft_ms"]["mean"]
         checks.append(("shared prefix: caching cuts mean TTFT >= 2x", f"{q:.2f}x", q >= 2))
-    if pairs:
-        L.append("## One stream against the bandwidth of the same seconds")
+    for peer, pairs in all_pairs.items():
+        if not pairs:
+            continue
+        who = "" if peer == "inferd" else f" ({peer})"
+        L.append(f"## One stream against the bandwidth of the same seconds{who}")
         L.append("")
-        L.append("inferd alone, 2 requests per piece (128 in / 128 out); a native bandwidth sample "
+        L.append(f"{peer} alone, 2 requests per piece (128 in / 128 out); a native bandwidth sample "
                  "(`membw.c`, one thread per core) before the first piece and after each one. "
                  "Host steal: the share of the VM's CPU time during the piece that the hypervisor gave "
                  "to other guests (/proc/stat); a decode step waits for its slowest thread, while a "
@@ -357,7 +375,7 @@ def main():
         L.append("")
         L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction | host steal |")
         L.append("|---:|---:|---:|---:|---:|---:|")
-        nbytes = inferd_weight_bytes(machine)
+        nbytes = pair_weight_bytes(machine, peer)
         for k, dec, g, f, st in pairs:
             steal = "-" if st is None else f"{100 * st:.0f}%"
             L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% | {steal} |")
