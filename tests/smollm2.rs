@@ -269,7 +269,7 @@ fn bf16_prefill_in_chunks_after_a_cached_prefix_stays_with_f32() {
 /// Juliet. (Not the capital of France, as the other placements are asked:
 /// f32's first answer token there wins by 0.08, a near tie that rounding
 /// the inputs may tip either way; greedy.json's margins for this question
-/// are 1.88, 0.47, 5.2, ... and f32 names Shakespeare at its seventh token.)
+/// are 1.88, 0.47, 5.2, ... and f32 names Shakespeare at its ninth token.)
 #[test]
 fn gguf_blocks_stay_with_f32_and_name_shakespeare() {
     let Some(at) = gguf_blocks() else {
