@@ -95,8 +95,13 @@ def inferd_weight_bytes(machine):
 PAIR_PEERS = {"inferd": "pair_samples", "inferd-gguf": "pair_samples_gguf"}
 
 
-def pair_weight_bytes(machine, peer):
-    return inferd_weight_bytes(machine) if peer == "inferd" else machine.get("weights", {}).get("gguf_bytes")
+# Peers that serve inferd's dtype; inferd-gguf serves the file's own blocks.
+SAME_DTYPE = ("inferd", "inferd-amx", "inferd-avx512")
+
+
+def peer_weight_bytes(machine, peer):
+    """Bytes one decode step of one stream of `peer` reads (None if unknown)."""
+    return inferd_weight_bytes(machine) if peer in SAME_DTYPE else machine.get("weights", {}).get("gguf_bytes")
 
 
 def pairs_of(out, machine, peer="inferd"):
@@ -105,7 +110,7 @@ def pairs_of(out, machine, peer="inferd"):
     judged against the higher of the two. Returns [(k, decode tok/s, GB/s,
     fraction, steal)]."""
     samples = [best_gbs(b) for b in machine.get(PAIR_PEERS[peer], [])]
-    nbytes = pair_weight_bytes(machine, peer)
+    nbytes = peer_weight_bytes(machine, peer)
     d = os.path.join(out, peer, "pairs")
     rows = []
     if not nbytes or not os.path.isdir(d):
@@ -324,7 +329,7 @@ def main():
         # The weight format's bound: bf16/f32 for `inferd`, the file's own
         # blocks (the "q4_1" bound: the GGUF's stored bytes) for `inferd-gguf`;
         # `inferd-amx` and `inferd-avx512` serve the same dtype as `inferd`.
-        same_dtype = ours in ("inferd", "inferd-amx", "inferd-avx512")
+        same_dtype = ours in SAME_DTYPE
         dtype = machine.get("inferd_dtype", "f32") if same_dtype else "gguf"
         key = {"f32": "f32", "bf16": "bf16", "gguf": "q4_1"}.get(dtype)
         if 1 in inf and key and bound.get(key):
@@ -336,7 +341,7 @@ def main():
             # one is the strictest reading, not the only one.
             samples = [machine.get("bandwidth", {})] + machine.get("bandwidth_again", [])
             gbs = [best_gbs(b) for b in samples if b]
-            nbytes = inferd_weight_bytes(machine) if same_dtype else machine.get("weights", {}).get("gguf_bytes")
+            nbytes = peer_weight_bytes(machine, ours)
             fracs = [decode * nbytes / (g * 1e9) for g in gbs] if decode and nbytes else []
             spread = (f"; against each bandwidth sample ({', '.join(f'{g:g}' for g in gbs)} GB/s): "
                       + ", ".join(f"{100 * f:.0f}%" for f in fracs)) if len(fracs) > 1 else ""
@@ -375,7 +380,7 @@ def main():
         L.append("")
         L.append("| piece | decode tok/s | bandwidth GB/s (higher neighbour) | bound tok/s | fraction | host steal |")
         L.append("|---:|---:|---:|---:|---:|---:|")
-        nbytes = pair_weight_bytes(machine, peer)
+        nbytes = peer_weight_bytes(machine, peer)
         for k, dec, g, f, st in pairs:
             steal = "-" if st is None else f"{100 * st:.0f}%"
             L.append(f"| {k} | {dec:.1f} | {g:g} | {g * 1e9 / nbytes:.1f} | {100 * f:.0f}% | {steal} |")
