@@ -355,25 +355,26 @@ INFERD_AMX_INT8_TARGET void amx_line(const Problem& pb, int64_t row, int64_t lin
     for (auto& t : total) t = _mm512_setzero_ps();
     const uint8_t* base = pb.w + line * pb.blocks * F::kBlockBytes;
     const int64_t stride = pb.blocks * kRowBlockBytes;  // from one row's block to the next row's
-    // Two sets, by the block's parity, so a block's tile stores need not
-    // wait for the previous block's reads. Q4 stores its S in `coarse`.
-    alignas(64) int32_t coarse[2][kTileRows][16], fine[2][kTileRows][16];
+    // Tile stores go to two sets, by the block's parity, so a block's stores
+    // need not wait for the previous block's reads.
     if constexpr (F::kParts == 2) {
+        alignas(64) int32_t sums[2][kTileRows][16];  // S
         for (int64_t b = 0; b < pb.blocks; ++b) {
             const int h = static_cast<int>(b & 1);
             _tile_loadd(4, tiles + b * kQ4TileBytes, 64);
             _tile_loadd(2, pb.block(row, b), stride);
             _tile_zero(0);
             _tile_dpbsud(0, 2, 4);
-            _tile_stored(0, coarse[h], 64);
+            _tile_stored(0, sums[h], 64);
             const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
             // Unrolled, the 16 totals stay in registers (GCC 12 kept them on
             // the stack).
 #pragma GCC unroll 16
             for (int r = 0; r < kTileRows; ++r)
-                total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, _mm512_load_si512(coarse[h][r]), total[r]);
+                total[r] = end_block<F>(pb, (row + r) * pb.blocks + b, sc, _mm512_load_si512(sums[h][r]), total[r]);
         }
     } else {
+        alignas(64) int32_t coarse[2][kTileRows][16], fine[2][kTileRows][16];  // sum q xh, sum q xl
         for (int64_t b = 0; b < pb.blocks; ++b) {
             const int h = static_cast<int>(b & 1);
             const uint8_t* sc = base + b * F::kBlockBytes + F::kVectors * 64;
